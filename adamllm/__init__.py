@@ -1,0 +1,1 @@
+"""AdaMLLM visual instruction synthesis."""

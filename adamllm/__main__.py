@@ -1,0 +1,5 @@
+import sys
+
+from adamllm.cli import main
+
+sys.exit(main())

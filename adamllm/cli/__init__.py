@@ -1,0 +1,51 @@
+"""The `adamllm` command: one subcommand per stage.
+
+    adamllm --help
+    adamllm merge-seed --help
+
+Each subcommand lives in its own module with `add_parser(subparsers)` and `run(args)`; heavy imports
+(torch, transformers, vLLM, DeepSpeed) happen inside `run`, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from adamllm.cli import fixtures, format_data, merge_seed, tiny_models
+
+COMMANDS = (merge_seed, format_data, tiny_models, fixtures)
+
+EPILOG = """\
+The pipeline:
+  stage 1   adamllm merge-seed ...          seed data -> synthesizer training records
+            bash scripts/tune_synthesizer.sh CAPTION PRECISE_A INFORMATIVE_A IMAGE_FOLDER
+  stage 2   adamllm format ...              filtered triplets -> post-training data
+  testing   adamllm make-tiny-models exp/tiny
+            adamllm make-seed-fixtures exp/seed_fixtures --num_images 40
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adamllm",
+        description="Domain visual instruction synthesis (AdaMLLM).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Images: resolving a record's path safely inside the image folder, opening it defensively, and
+the blank image of stage 1."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from PIL import Image
+
+from adamllm.formats import RecordError
+
+# Decompression-bomb cap: a 16-bit PNG of a few KB can claim 50,000 x 50,000 pixels. The largest
+# anyres grid of LLaVA-NeXT is 672 x 672 per tile; 64 Mpx leaves ample room for real photos and scans.
+MAX_IMAGE_PIXELS = 64_000_000
+
+BLANK_IMAGE_SIZE = (336, 336)
+
+
+def resolve_image_path(image_folder: str | os.PathLike, relative: str) -> Path:
+    """The file a record's image path names, proven to lie inside `image_folder`.
+
+    Rejects absolute paths, `..` components and symlinks that lead out of the folder, so a data file
+    cannot make the pipeline read (and copy into training data) arbitrary files.
+    """
+    if not relative or "\x00" in relative:
+        raise RecordError("unsafe_image_path", f"image path {relative!r} is empty or holds a NUL byte")
+    if os.path.isabs(relative) or relative.startswith("~"):
+        raise RecordError("unsafe_image_path", f"image path {relative!r} is absolute; give it relative to the image folder")
+    if ".." in Path(relative).parts:
+        raise RecordError("unsafe_image_path", f"image path {relative!r} climbs out of the image folder with '..'")
+    folder = Path(image_folder).resolve()
+    target = (folder / relative).resolve()
+    if not target.is_relative_to(folder):
+        raise RecordError("unsafe_image_path", f"image path {relative!r} is a symlink that leads out of the image folder")
+    if not target.is_file():
+        raise RecordError("image_missing", f"no image file {relative!r} in {image_folder}")
+    return target
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open and fully decode an image as RGB; raise RecordError on a corrupt or oversized file.
+
+    The pixel count is checked from the header, before any pixel is decoded.
+    """
+    return _read(path, max_pixels, lambda im: (im.load(), im.convert("RGB"))[1])
+
+
+def check_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """Check that a file is an image within the pixel cap, without decoding its pixels; its size.
+
+    For stages that only hand the path on (merging, formatting); `open_image` for stages that use
+    the pixels.
+    """
+    return _read(path, max_pixels, lambda im: (im.verify(), im.size)[1])
+
+
+def _read(path, max_pixels: int, use):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > max_pixels:
+                    raise RecordError(
+                        "image_too_large",
+                        f"{path} claims {width}x{height} pixels, over the cap of {max_pixels:,} "
+                        "(a decompression bomb, or a scan to downscale first)",
+                    )
+                return use(im)
+    except RecordError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise RecordError("image_unreadable", f"{path} does not decode as an image ({type(e).__name__}: {e})") from None
+
+
+def load_image(image_folder: str | os.PathLike, relative: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """A record's image, safely resolved and decoded as RGB."""
+    return open_image(resolve_image_path(image_folder, relative), max_pixels)
+
+
+def ensure_blank_image(path: str | os.PathLike) -> Path:
+    """The blank image that stands in for 10% of the seed images; made (white, 336x336) if missing."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", BLANK_IMAGE_SIZE, (255, 255, 255)).save(path)
+    return path
