@@ -71,7 +71,9 @@ def _read(path, max_pixels: int, use):
                 return use(im)
     except RecordError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # Pillow's own, larger cap, hit while opening
+        raise RecordError("image_too_large", f"{path}: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise RecordError("image_unreadable", f"{path} does not decode as an image ({type(e).__name__}: {e})") from None
 
 

@@ -95,14 +95,14 @@ def _clean(text: str, counter: Counter) -> str:
 
 def read_seed(args: MergeSeedArgs, rejects: Rejects, counts: Counter) -> dict[str, SeedImage]:
     """Gather the three files by image base name; malformed records go to the rejects file."""
-    images: dict[str, SeedImage] = defaultdict(SeedImage)
+    images: dict[str, SeedImage] = {}
     paths = {"caption": args.caption_path, "precise": args.precise_qa_path, "informative": args.informative_qa_path}
     for source, path in paths.items():
         for index, record in enumerate(iter_json_records(path)):
             counts[f"{source}_records"] += 1
             try:
                 name, human, gpt = _turns(record)
-                seed_image = images[name]
+                seed_image = images.get(name) or SeedImage()
                 if source == "caption":
                     # Published copies differ: some carry the caption under "caption", some only as the gpt turn.
                     caption = record.get("caption") if isinstance(record.get("caption"), str) else gpt
@@ -112,18 +112,19 @@ def read_seed(args: MergeSeedArgs, rejects: Rejects, counts: Counter) -> dict[st
                     if seed_image.caption is not None:
                         raise RecordError("duplicate_caption", f"a second caption for image {name}; the first is kept")
                     seed_image.caption = caption
-                    continue
-                question, answer = _clean(remove_image_tag(human), counts), _clean(gpt, counts)
-                if not question or not answer:
-                    raise RecordError("empty_pair", "the question or the answer is empty")
-                if source == "precise":
-                    task = record.get("task_name")
-                    if not isinstance(task, str) or not task:
-                        raise RecordError("bad_schema", 'a precise (Vision-Flan) record must carry "task_name"')
-                    seed_image.task_name = seed_image.task_name or task
-                    seed_image.precise.append((question, answer))
                 else:
-                    seed_image.informative.append((question, answer))
+                    question, answer = _clean(remove_image_tag(human), counts), _clean(gpt, counts)
+                    if not question or not answer:
+                        raise RecordError("empty_pair", "the question or the answer is empty")
+                    if source == "precise":
+                        task = record.get("task_name")
+                        if not isinstance(task, str) or not task:
+                            raise RecordError("bad_schema", 'a precise (Vision-Flan) record must carry "task_name"')
+                        seed_image.task_name = seed_image.task_name or task
+                        seed_image.precise.append((question, answer))
+                    else:
+                        seed_image.informative.append((question, answer))
+                images[name] = seed_image
             except RecordError as e:
                 rejects.add(e.reason, e.detail, record, source=source, file=str(path), index=index)
     return images

@@ -23,7 +23,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         flags = [f"--{f.name}"]
         if "_" in f.name:
             flags.append(f"--{f.name.replace('_', '-')}")
-        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "")}
+        # argparse %-formats help strings: "10%" must reach it as "10%%".
+        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "").replace("%", "%%")}
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         kind = hints[f.name]
         if kind is bool:

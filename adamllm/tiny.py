@@ -1,0 +1,174 @@
+"""Tiny models for tests and the demo, built in seconds with no network.
+
+    adamllm make-tiny-models exp/tiny
+
+Writes `exp/tiny/synthesizer` (a LLaVA-NeXT with a Llama text model and its processor, in the layout
+vLLM loads) and `exp/tiny/checker` (a Llama text model). Both share a Llama-3-style tokenizer trained
+here: byte-level BPE with Llama-3's split pattern, its special tokens in Llama-3's order, and
+`<|reserved_special_token_4|>` as the image token, as in the released synthesizer. Their weights are
+random; what they prove is that the real code paths (transformers, vLLM, DeepSpeed) run end to end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adamllm import fixtures, prompts
+from adamllm.model_io import save_synthesizer
+
+# Llama-3's pre-tokenizer split pattern.
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+IMAGE_TOKEN = "<|reserved_special_token_4|>"
+# Llama-3's special tokens in their order (128000...), then a few more reserved ones.
+SPECIAL_TOKENS = [
+    prompts.BOS,
+    prompts.EOS,
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|reserved_special_token_2|>",
+    "<|reserved_special_token_3|>",
+    prompts.START_HEADER,
+    prompts.END_HEADER,
+    IMAGE_TOKEN,
+    prompts.EOT,
+] + [f"<|reserved_special_token_{i}|>" for i in range(5, 12)]
+VOCAB_SIZE = 3000
+
+# Small enough to run in seconds on a CPU; head size 32 because vLLM's CPU attention needs >= 32.
+TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
+VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, projection_dim=64)
+IMAGE_SIZE, PATCH_SIZE = 56, 14
+GRID_PINPOINTS = [[56, 112], [112, 56], [112, 112]]
+MAX_POSITIONS = 4096
+
+
+def _corpus() -> list[str]:
+    """Text to train the tokenizer on: the pipeline's own prompts and a spread of plain English."""
+    import random
+
+    rng = random.Random(0)
+    lines = [
+        prompts.SYSTEM,
+        prompts.CAPTION_HINT,
+        prompts.PRECISE_HINT,
+        prompts.INFORMATIVE_HINT,
+        prompts.default_filter_template(),
+    ]
+    lines += [t.user + " " + t.assistant for t in prompts.QA_TEMPLATES + prompts.COT_TEMPLATES]
+    for _ in range(300):
+        scene = fixtures.random_scene(rng)
+        lines.append(fixtures.caption(scene))
+        lines += [" ".join(task[1:]) for task in fixtures.qa_tasks(scene)]
+    lines += [__doc__ or "", fixtures.__doc__ or "", prompts.__doc__ or ""]
+    return lines
+
+
+def build_tokenizer():
+    """A Llama-3-style fast tokenizer (adds BOS in front, as Llama-3's does)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    bos_id = tok.token_to_id(prompts.BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{prompts.BOS} $A", pair=f"{prompts.BOS} $A {prompts.BOS} $B", special_tokens=[(prompts.BOS, bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=prompts.BOS,
+        eos_token=prompts.EOS,
+        pad_token=prompts.EOS,
+        model_max_length=MAX_POSITIONS,
+    )
+
+
+def _text_config(tokenizer, seed_vocab: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=seed_vocab,
+        max_position_embeddings=MAX_POSITIONS,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        # Wider than the usual 0.02: random logits then differ enough that greedy choices do not hinge
+        # on rounding, so two engines pick the same tokens.
+        initializer_range=0.2,
+        **TEXT,
+    )
+
+
+def build_synthesizer(tokenizer, seed: int = 0):
+    """A random tiny LLaVA-NeXT and its processor."""
+    import torch
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next import LlavaNextImageProcessor
+
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_grid_pinpoints=GRID_PINPOINTS,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" strategy
+        image_token=IMAGE_TOKEN,
+    )
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, **VISION),
+        text_config=_text_config(tokenizer, len(tokenizer)),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_grid_pinpoints=GRID_PINPOINTS,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, processor
+
+
+def build_checker(tokenizer, seed: int = 1):
+    """A random tiny Llama text model."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(_text_config(tokenizer, len(tokenizer))).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def make_tiny_models(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Build and save both tiny models; returns their folders."""
+    out = Path(out_dir)
+    tokenizer = build_tokenizer()
+    model, processor = build_synthesizer(tokenizer, seed)
+    save_synthesizer(model, processor, out / "synthesizer")
+    checker = build_checker(tokenizer, seed + 1)
+    checker.save_pretrained(out / "checker")
+    tokenizer.save_pretrained(out / "checker")
+    return {"synthesizer": out / "synthesizer", "checker": out / "checker"}

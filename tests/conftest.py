@@ -1,0 +1,46 @@
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_jsonl(path):
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_json(path, obj):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj), encoding="utf-8")
+    return Path(path)
+
+
+@pytest.fixture
+def seed_fixtures(tmp_path):
+    from adamllm.fixtures import make_seed_fixtures
+
+    return make_seed_fixtures(tmp_path / "seed", num_images=30, seed=1)
+
+
+# vLLM on a small CPU machine (cpu-stack.md): 1 GiB of KV cache, the engine in-process, no hub.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="adamllm-vllm-cache-"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """The tiny synthesizer and checker, built once per test session."""
+    from adamllm.tiny import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("tiny"))
