@@ -1,0 +1,26 @@
+# The CPU workflow. GPU users: see README.md ("On GPUs").
+#   make demo    the pipeline on CPU with tiny local models on data_samples/
+#   make test    set up the CPU environment, then run the whole test suite
+#   make bench   speed and memory benchmarks (run by hand; prints a table)
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench clean
+
+setup:
+	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/setup_cpu_env.sh
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	VENV=$(VENV) bash scripts/demo.sh
+
+bench: setup
+	@if ls bench/*.py >/dev/null 2>&1; then for b in bench/*.py; do $(PY) $$b || exit 1; done; \
+	else echo "no benchmarks yet: they arrive with stage 2 (issue #3)"; fi
+
+clean:
+	rm -rf exp/demo exp/tiny .pytest_cache
