@@ -236,23 +236,24 @@ def llava_record(record_id: str, messages: list[dict[str, str]], image: str) -> 
     }
 
 
+# Where LLaMA-Factory finds the messages and images of each style, and how turns are tagged.
+_DATASET_COLUMNS = {
+    "llamafactory": ({"messages": "messages", "images": "images"}, ("role", "content", "user", "assistant")),
+    "llava": ({"messages": "conversations", "images": "image"}, ("from", "value", "human", "gpt")),
+}
+
+
 def dataset_info_entry(file_name: str, style: str) -> dict:
     """The LLaMA-Factory `dataset_info.json` entry that describes a file we wrote."""
-    if style == "llamafactory":
-        return {
-            "file_name": file_name,
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
-            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
-        }
-    if style == "llava":
-        return {
-            "file_name": file_name,
-            "formatting": "sharegpt",
-            "columns": {"messages": "conversations", "images": "image"},
-            "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"},
-        }
-    raise ValueError(f"unknown output style {style!r}; choose one of {', '.join(STYLES)}")
+    if style not in _DATASET_COLUMNS:
+        raise ValueError(f"unknown output style {style!r}; choose one of {', '.join(STYLES)}")
+    columns, (role, content, user, assistant) = _DATASET_COLUMNS[style]
+    return {
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "columns": columns,
+        "tags": {"role_tag": role, "content_tag": content, "user_tag": user, "assistant_tag": assistant},
+    }
 
 
 def update_dataset_info(folder: str | os.PathLike, name: str, entry: dict) -> Path:

@@ -162,3 +162,13 @@ def test_bad_records_rejected_with_reason_and_counts_reconcile(tmp_path):
 def test_format_args_checked():
     with pytest.raises(ValueError, match="--data_path nope: no such file"):
         FormatArgs(data_path="nope", image_folder=".", output="o.json")
+
+
+def test_llamafactory_file_loads_with_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="the datasets package is part of the CPU environment (make setup)")
+    _, out = fmt(tmp_path, make_records(tmp_path / "images", 10))
+    path = tmp_path / "out" / "image_caption_and_synthetic_task.json"
+    ds = datasets.load_dataset("json", data_files=str(path), split="train")
+    assert ds.num_rows == 10 and set(ds.column_names) == {"messages", "images"}
+    assert ds[0]["messages"] == out[0]["messages"]
+    assert (path.parent / ds[0]["images"][0]).is_file()

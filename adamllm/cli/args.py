@@ -49,3 +49,13 @@ def dataclass_from_namespace(cls: type[T], namespace: argparse.Namespace, parser
         return cls(**values)
     except ValueError as e:
         parser.error(str(e))
+
+
+def add_dataclass_command(sub, name: str, cls: type, run, *, help: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """A subcommand whose flags are the fields of `cls`; `run` receives the built dataclass."""
+    parser = sub.add_parser(
+        name, help=help, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_dataclass_arguments(parser, cls)
+    parser.set_defaults(run=lambda ns: run(dataclass_from_namespace(cls, ns, parser)))
+    return parser

@@ -1,8 +1,6 @@
 """adamllm format: stage 2c, kept triplets and captions into post-training data."""
 
-import argparse
-
-from adamllm.cli.args import add_dataclass_arguments, dataclass_from_namespace
+from adamllm.cli.args import add_dataclass_command
 from adamllm.posttrain import FormatArgs
 
 EXAMPLE = """\
@@ -16,15 +14,9 @@ OUTPUT's .summary.json and, when a record cannot be used, .rejects.jsonl with th
 
 
 def add_parser(sub) -> None:
-    parser = sub.add_parser(
-        "format",
-        help="stage 2c: write single-stage post-training data (LLaMA-Factory or LLaVA JSON)",
-        description=__doc__,
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    add_dataclass_command(
+        sub, "format", FormatArgs, run, help="stage 2c: write single-stage post-training data (LLaMA-Factory or LLaVA JSON)", description=__doc__, epilog=EXAMPLE
     )
-    add_dataclass_arguments(parser, FormatArgs)
-    parser.set_defaults(run=lambda ns: run(dataclass_from_namespace(FormatArgs, ns, parser)))
 
 
 def run(args: FormatArgs) -> int:

@@ -1,8 +1,6 @@
 """adamllm merge-seed: stage 1a, the seed data merged into synthesizer training records."""
 
-import argparse
-
-from adamllm.cli.args import add_dataclass_arguments, dataclass_from_namespace
+from adamllm.cli.args import add_dataclass_command
 from adamllm.seed import MergeSeedArgs
 
 EXAMPLE = """\
@@ -18,15 +16,9 @@ images seen, joined, dropped by reason, per task) and .rejects.jsonl (every reco
 
 
 def add_parser(sub) -> None:
-    parser = sub.add_parser(
-        "merge-seed",
-        help="stage 1a: merge Vision-Flan + ALLaVA seed data into training records",
-        description=__doc__,
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    add_dataclass_command(
+        sub, "merge-seed", MergeSeedArgs, run, help="stage 1a: merge Vision-Flan + ALLaVA seed data into training records", description=__doc__, epilog=EXAMPLE
     )
-    add_dataclass_arguments(parser, MergeSeedArgs)
-    parser.set_defaults(run=lambda ns: run(dataclass_from_namespace(MergeSeedArgs, ns, parser)))
 
 
 def run(args: MergeSeedArgs) -> int:
