@@ -13,15 +13,19 @@ import argparse
 import logging
 import sys
 
-from adamllm.cli import fixtures, format_data, merge_seed, tiny_models
+from adamllm.cli import filter, fixtures, format_data, merge_seed, run, synthesize, tiny_models
 
-COMMANDS = (merge_seed, format_data, tiny_models, fixtures)
+COMMANDS = (merge_seed, run, synthesize, filter, format_data, tiny_models, fixtures)
 
 EPILOG = """\
 The pipeline:
   stage 1   adamllm merge-seed ...          seed data -> synthesizer training records
             bash scripts/tune_synthesizer.sh CAPTION PRECISE_A INFORMATIVE_A IMAGE_FOLDER
-  stage 2   adamllm format ...              filtered triplets -> post-training data
+  stage 2   adamllm run ...                 synthesize + filter + format, or one by one:
+            adamllm synthesize ...          image-caption pairs -> task triplets
+            adamllm filter ...              triplets -> consistent triplets
+            adamllm format ...              filtered triplets -> post-training data
+            cd QA-Synthesizer/vllm_inference && bash run_synthesis.sh SYNTHESIZER CHECKER PAIRS IMAGES OUT
   testing   adamllm make-tiny-models exp/tiny
             adamllm make-seed-fixtures exp/seed_fixtures --num_images 40
 """

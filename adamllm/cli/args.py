@@ -25,7 +25,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             flags.append(f"--{f.name.replace('_', '-')}")
         # argparse %-formats help strings: "10%" must reach it as "10%%".
         kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "").replace("%", "%%")}
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        required = f.metadata.get("required", False) or (
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
         kind = hints[f.name]
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
@@ -36,9 +38,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 kwargs["choices"] = f.metadata["choices"]
             if required:
                 kwargs["required"] = True
-            else:
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
                 kwargs["default"] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                kwargs["help"] += f" (default: {kwargs['default']})"
+                if not required:
+                    kwargs["help"] += f" (default: {kwargs['default']})"
         parser.add_argument(*flags, **kwargs)
 
 
@@ -59,3 +62,16 @@ def add_dataclass_command(sub, name: str, cls: type, run, *, help: str, descript
     add_dataclass_arguments(parser, cls)
     parser.set_defaults(run=lambda ns: run(dataclass_from_namespace(cls, ns, parser)))
     return parser
+
+
+def to_argv(args) -> list[str]:
+    """The flags that rebuild `args` (a dataclass) on another process's command line."""
+    argv = []
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if isinstance(value, bool):
+            if value:
+                argv.append(f"--{f.name}")
+        else:
+            argv += [f"--{f.name}", str(value)]
+    return argv

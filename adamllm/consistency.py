@@ -1,0 +1,173 @@
+"""Stage 2b: a text LLM keeps only triplets whose precise answer follows from the informative one.
+
+    adamllm filter --model meta-llama/Meta-Llama-3-8B --data_path OUT/syn_task_triplets.jsonl --output_dir OUT
+
+Writes OUT/filtered_task_pairs.jsonl: every record with `collected_QA` (the triplet collected from
+`pred`, or null) and `consistency` ("yes" | "no" | "open" | "invalid", or null without a triplet).
+`--mode generate` is the paper's (2 tokens, greedy, first word); `--mode logprob` takes one step and
+picks the likeliest of Yes / No / Open among the top-20 first tokens, recording their log-probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adamllm.engines import EngineArgs, GenParams, Request, build_engine, check_engine_args
+from adamllm.formats import COLLECTED_QA, CONSISTENCY, PRED, SYN_ID, read_jsonl
+from adamllm.parse import collect_triplet, parse_pairs, parse_verdict
+from adamllm.prompts import check_filter_template, default_filter_template, filter_prompt
+from adamllm.shards import ShardArgs, run_sharded_stage
+from adamllm.stats import update_stats
+from adamllm.synthesize import ERROR, check_shard_args
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FILE = "filtered_task_pairs.jsonl"
+LOGPROBS = "consistency_logprobs"
+MODES = ("generate", "logprob")
+# The verdict words as the checker writes them after "## Consistent:".
+CANDIDATES = {"yes": " Yes", "no": " No", "open": " Open"}
+
+
+@dataclass
+class FilterArgs(EngineArgs, ShardArgs):
+    data_path: str = field(default="", metadata={"help": "syn_task_triplets.jsonl written by `adamllm synthesize`.", "required": True})
+    output_dir: str = field(default="", metadata={"help": "Where filtered_task_pairs.jsonl, its shards and stats.json go.", "required": True})
+    mode: str = field(default="generate", metadata={"help": "generate: the paper's 2 greedy tokens, first word; logprob: one step, likeliest of Yes/No/Open.", "choices": list(MODES)})
+    prompt_file: str = field(default="", metadata={"help": "Your own filter prompt: a text file holding {Q}, {informative_A} and {precise_A}."})
+
+    def __post_init__(self):
+        errors = check_engine_args(self) + check_shard_args(self)
+        for name in ("data_path", "output_dir"):
+            if not getattr(self, name):
+                errors.append(f"--{name} is required")
+        if self.data_path and not Path(self.data_path).is_file():
+            errors.append(f"--data_path {self.data_path}: no such file")
+        if self.mode not in MODES:
+            errors.append(f"--mode {self.mode}: choose generate or logprob")
+        if self.prompt_file:
+            if not Path(self.prompt_file).is_file():
+                errors.append(f"--prompt_file {self.prompt_file}: no such file")
+            else:
+                try:
+                    check_filter_template(Path(self.prompt_file).read_text(encoding="utf-8"))
+                except ValueError as e:
+                    errors.append(f"--prompt_file {self.prompt_file}: {e}")
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    def template(self) -> str:
+        return Path(self.prompt_file).read_text(encoding="utf-8") if self.prompt_file else default_filter_template()
+
+
+def collect(record: dict) -> dict:
+    """The record with its triplet collected from `pred` (null when there is none)."""
+    pred = record.get(PRED)
+    triplet = collect_triplet(parse_pairs(pred)) if isinstance(pred, str) else None
+    out = {**record, COLLECTED_QA: triplet.to_dict() if triplet else None, CONSISTENCY: None}
+    if isinstance(pred, str) and triplet is None:
+        out[ERROR] = {"reason": "no_triplet", "detail": "no question was written with both the precise and the informative hint"}
+    return out
+
+
+def candidate_ids(tokenizer) -> dict[str, int]:
+    """First token of each verdict word; they must differ, or logprob mode cannot tell them apart."""
+    ids = {name: tokenizer(text, add_special_tokens=False).input_ids[0] for name, text in CANDIDATES.items()}
+    if len(set(ids.values())) < len(ids):
+        raise RuntimeError(f"the checker's tokenizer starts {CANDIDATES} with the same token {ids}: use --mode generate")
+    return ids
+
+
+def make_process(args: FilterArgs):
+    template = args.template()
+    loaded: dict = {}
+
+    def load():
+        # Loaded on the first triplet: a run (or shard) without any never pays for the checker.
+        if not loaded:
+            engine = build_engine(args, multimodal=False, prefix_caching=True)
+            eos = [engine.tokenizer.eos_token_id]
+            if args.mode == "logprob":
+                params = GenParams(max_tokens=1, stop_token_ids=eos, candidates=candidate_ids(engine.tokenizer))
+            else:
+                params = GenParams(max_tokens=2, stop_token_ids=eos)
+            loaded.update(engine=engine, params=params)
+        return loaded["engine"], loaded["params"]
+
+    def process(batch, stats):
+        out = [collect(record) for _, record in batch]
+        todo = [r for r in out if r[COLLECTED_QA] is not None]
+        if todo:
+            start = time.monotonic()
+            engine, params = load()
+            stats["engine_load_s"] = stats.get("engine_load_s", 0.0) + time.monotonic() - start
+            requests = [Request(filter_prompt(r[COLLECTED_QA]["Q"], r[COLLECTED_QA]["informative_A"], r[COLLECTED_QA]["precise_A"], template)) for r in todo]
+            start = time.monotonic()
+            generations = engine.generate(requests, params)
+            stats["engine_s"] = stats.get("engine_s", 0.0) + time.monotonic() - start
+            for record, gen in zip(todo, generations):
+                if args.mode == "logprob":
+                    found = gen.candidate_logprobs
+                    record[CONSISTENCY] = max(found, key=found.get) if found else "invalid"
+                    record[LOGPROBS] = found
+                else:
+                    record[CONSISTENCY] = parse_verdict(gen.text)
+                stats["prompt_tokens"] = stats.get("prompt_tokens", 0) + gen.prompt_tokens
+                stats["cached_prompt_tokens"] = stats.get("cached_prompt_tokens", 0) + gen.cached_tokens
+                stats["output_tokens"] = stats.get("output_tokens", 0) + len(gen.token_ids)
+        return out
+
+    return process
+
+
+def tally(output: Path) -> dict:
+    verdicts: Counter = Counter()
+    missing: Counter = Counter()
+    n = 0
+    for record in read_jsonl(output):
+        n += 1
+        if record[CONSISTENCY] is not None:
+            verdicts[record[CONSISTENCY]] += 1
+        else:
+            missing[record.get(ERROR, {}).get("reason", "unknown")] += 1
+    kept = verdicts["yes"]
+    judged = sum(verdicts.values())
+    return {
+        "records_in": n,
+        "records_out": kept,
+        "rejected": {**dict(missing), **{f"consistency_{v}": c for v, c in verdicts.items() if v != "yes"}},
+        "verdicts": dict(verdicts),
+        "pass_rate": round(kept / judged, 4) if judged else 0.0,
+    }
+
+
+def run_filter(args: FilterArgs) -> dict | None:
+    """Run (or resume) the consistency filter; the stage's stats, or None while shards still run."""
+    from adamllm.cli.args import to_argv
+
+    out_dir = Path(args.output_dir)
+
+    def records():
+        for record in read_jsonl(args.data_path):
+            yield record[SYN_ID], record
+
+    costs = run_sharded_stage(
+        args,
+        "filter",
+        to_argv(args),
+        records=records,
+        total=lambda: sum(1 for _ in read_jsonl(args.data_path)),
+        out_dir=out_dir,
+        stage_file=OUTPUT_FILE,
+        make_process=lambda: make_process(args),
+    )
+    if costs is None:
+        return None
+    stats = {**tally(out_dir / OUTPUT_FILE), **costs}
+    stats["prompt_tokens_computed"] = stats.get("prompt_tokens", 0) - stats.get("cached_prompt_tokens", 0)
+    update_stats(out_dir, "filter", stats, args)
+    return stats

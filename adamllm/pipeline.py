@@ -1,0 +1,87 @@
+"""Stage 2 end to end: synthesize, filter, format, into one output folder.
+
+    adamllm run --synthesizer AdaptLLM/visual-instruction-synthesizer --checker meta-llama/Meta-Llama-3-8B \
+        --data_path image_caption_pairs.json --image_folder images --output_dir OUT
+
+With several ids in CUDA_VISIBLE_DEVICES, synthesis and filtering each run one worker per GPU. A
+rerun after a crash resumes each stage where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from adamllm.consistency import MODES, FilterArgs, run_filter
+from adamllm.consistency import OUTPUT_FILE as FILTERED_FILE
+from adamllm.engines import ENGINES
+from adamllm.posttrain import FormatArgs, run_format
+from adamllm.stats import STATS_FILE, update_stats
+from adamllm.synthesize import OUTPUT_FILE as TRIPLETS_FILE
+from adamllm.synthesize import SynthesizeArgs, run_synthesize
+
+log = logging.getLogger(__name__)
+
+FINAL_FILE = "image_caption_and_synthetic_task.json"
+
+
+@dataclass
+class RunArgs:
+    synthesizer: str = field(default="", metadata={"help": "Synthesizer folder or hub id, e.g. AdaptLLM/visual-instruction-synthesizer.", "required": True})
+    checker: str = field(default="", metadata={"help": "Consistency checker (a text LLM) folder or hub id, e.g. meta-llama/Meta-Llama-3-8B.", "required": True})
+    data_path: str = field(default="", metadata={"help": "Image-caption pairs: a JSON list (or JSONL) of {images, messages} records.", "required": True})
+    image_folder: str = field(default="", metadata={"help": "Folder the records' image paths are relative to.", "required": True})
+    output_dir: str = field(default="", metadata={"help": "Where every stage writes (see README: files each stage writes).", "required": True})
+    engine: str = field(default="vllm", metadata={"help": "vllm or hf (transformers).", "choices": list(ENGINES)})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype (auto: the checkpoint's; float32 on CPUs)."})
+    max_model_len: int = field(default=4096, metadata={"help": "Longest prompt + output, in tokens."})
+    batch_size: int = field(default=256, metadata={"help": "Records per engine call and per durable write."})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM: share of GPU memory to use."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Most tokens the synthesizer writes per record."})
+    limit: int = field(default=0, metadata={"help": "Only the first N records (0: all)."})
+    mode: str = field(default="generate", metadata={"help": "Filter mode: generate (the paper's) or logprob.", "choices": list(MODES)})
+    prompt_file: str = field(default="", metadata={"help": "Your own filter prompt file (with {Q}, {informative_A}, {precise_A})."})
+    train_on_syn_only: bool = field(default=False, metadata={"help": "Write only records with a kept synthetic task."})
+    style: str = field(default="llamafactory", metadata={"help": "Output form: llamafactory or llava.", "choices": ["llamafactory", "llava"]})
+    seed: int = field(default=42, metadata={"help": "Seed of template choice and caption placement."})
+    num_shards: int = field(default=1, metadata={"help": "Shards per stage (several GPUs in CUDA_VISIBLE_DEVICES: one per GPU)."})
+    shard_timeout_s: float = field(default=0.0, metadata={"help": "End worker processes still running after this many seconds (0: no limit)."})
+
+    def __post_init__(self):
+        missing = [f"--{n} is required" for n in ("synthesizer", "checker", "data_path", "image_folder", "output_dir") if not getattr(self, n)]
+        if missing:
+            raise ValueError("; ".join(missing))
+
+    def engine_fields(self) -> dict:
+        keys = ("engine", "dtype", "max_model_len", "batch_size", "gpu_memory_utilization", "num_shards", "shard_timeout_s")
+        return {k: getattr(self, k) for k in keys}
+
+
+def run_pipeline(args: RunArgs) -> dict:
+    """Run the three stages; returns the contents of OUTPUT_DIR/stats.json's stage entries."""
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    synth = SynthesizeArgs(
+        model=args.synthesizer, data_path=args.data_path, image_folder=args.image_folder, output_dir=str(out),
+        max_new_tokens=args.max_new_tokens, limit=args.limit, **args.engine_fields(),
+    )
+    stats = {"synthesize": run_synthesize(synth)}
+    filt = FilterArgs(
+        model=args.checker, data_path=str(out / TRIPLETS_FILE), output_dir=str(out), mode=args.mode,
+        prompt_file=args.prompt_file, **args.engine_fields(),
+    )
+    stats["filter"] = run_filter(filt)
+    start = time.monotonic()
+    fmt = FormatArgs(
+        data_path=str(out / FILTERED_FILE), image_folder=args.image_folder, output=str(out / FINAL_FILE),
+        train_on_syn_only=args.train_on_syn_only, style=args.style, seed=args.seed,
+    )
+    summary = asdict(run_format(fmt))
+    summary["wall_s"] = time.monotonic() - start
+    update_stats(out, "format", summary, fmt)
+    stats["format"] = summary
+    update_stats(out, "run", {"args": asdict(args)})
+    log.info("stage 2 done: %s; counts and times in %s", out / FINAL_FILE, out / STATS_FILE)
+    return stats

@@ -1,0 +1,281 @@
+"""Sharded, resumable stages: how synthesis and filtering split work, survive a kill, and merge.
+
+Record `syn_id` i belongs to shard i % K. Each shard appends its finished records to its own JSONL
+file, flushed and fsynced per batch, in `syn_id` order; a rerun reads what is there (dropping a line
+cut short by a crash), skips those records, and goes on. A shard that finishes writes a `.done`
+marker with its counts; once all K markers exist the shard files merge, in `syn_id` order, into the
+stage's output. The same flags let one machine run one process per GPU, or a cluster scheduler run
+shards on many nodes over a shared file system: the last shard to finish merges.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from adamllm.formats import SYN_ID, read_jsonl, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    count: int = 1
+
+    def owns(self, syn_id: int) -> bool:
+        return syn_id % self.count == self.index
+
+    def path(self, out_dir: Path, stage_file: str) -> Path:
+        stem = stage_file.removesuffix(".jsonl")
+        return Path(out_dir) / "shards" / f"{stem}.{self.index:03d}-of-{self.count:03d}.jsonl"
+
+
+def done_marker(path: Path) -> Path:
+    return path.with_suffix(".done")
+
+
+def recover(path: Path) -> list[int]:
+    """The syn_ids a shard file already holds, after cutting off a last line a kill left unfinished."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("%s: dropping an unfinished last line (%d bytes) left by an interrupted run", path, len(data) - end)
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+    return [json.loads(line)[SYN_ID] for line in data[:end].splitlines() if line.strip()]
+
+
+class ShardWriter:
+    """Appends finished records durably: after `write`, a kill -9 loses none of them."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def write(self, records: Iterable[dict]) -> None:
+        self._fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def batches(records: Iterator[tuple[int, dict]], size: int) -> Iterator[list[tuple[int, dict]]]:
+    batch = []
+    for item in records:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def merge_shards(out_dir: Path, stage_file: str, count: int, output: Path) -> dict | None:
+    """Merge the K shard files into `output` once every shard is done; return their summed stats.
+
+    Returns None (and merges nothing) while a shard is still missing. Raises RuntimeError if the
+    merged ids are not exactly the ids the shards reported (lost or duplicated records).
+    """
+    shards = [Shard(i, count).path(out_dir, stage_file) for i in range(count)]
+    markers = [done_marker(p) for p in shards]
+    if not all(m.exists() for m in markers):
+        return None
+    expected = sum(json.loads(m.read_text())["records"] for m in markers)
+    stats = [json.loads(stats_file(p).read_text()) for p in shards if stats_file(p).exists()]
+    tmp = output.with_name(output.name + f".tmp{os.getpid()}")
+    seen = 0
+    last = -1
+    with open(tmp, "w", encoding="utf-8") as out:
+        for record in heapq.merge(*(read_jsonl(p) for p in shards), key=lambda r: r[SYN_ID]):
+            if record[SYN_ID] <= last:
+                raise RuntimeError(f"{output}: syn_id {record[SYN_ID]} appears twice in the shards of {out_dir}/shards")
+            last = record[SYN_ID]
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            seen += 1
+    if seen != expected:
+        tmp.unlink()
+        raise RuntimeError(f"{output}: the shards hold {seen} records but reported {expected}; rerun the stage to repair")
+    os.replace(tmp, output)
+    return sum_stats(stats)
+
+
+def sum_stats(stats: list[dict]) -> dict:
+    """Costs of several shards added up; `wall_s` becomes the slowest shard's, `shard_wall_s` the sum."""
+    total: dict = {}
+    for s in stats:
+        for key, value in s.items():
+            if isinstance(value, dict):
+                inner = total.setdefault(key, {})
+                for k, v in value.items():
+                    inner[k] = inner.get(k, 0) + v
+            elif key == "wall_s":
+                total[key] = max(total.get(key, 0), value)
+                total["shard_wall_s"] = total.get("shard_wall_s", 0) + value
+            elif isinstance(value, (int, float)):
+                total[key] = total.get(key, 0) + value
+    total["shards"] = len(stats)
+    return total
+
+
+def visible_devices() -> list[str]:
+    """The ids in CUDA_VISIBLE_DEVICES (any ids, not only 0..N-1); empty when unset."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return [d.strip() for d in value.split(",") if d.strip()]
+
+
+def launch_shards(argv: list[str], devices: list[str], timeout_s: float | None) -> None:
+    """Run `adamllm ARGV --num_shards K --shard_index I` once per device, each seeing one device.
+
+    Waits for all; ends stragglers past `timeout_s`; raises RuntimeError naming every failed shard.
+    """
+    count = len(devices)
+    procs = []
+    for index, device in enumerate(devices):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=device)
+        cmd = [sys.executable, "-m", "adamllm", *argv, "--num_shards", str(count), "--shard_index", str(index)]
+        log.info("shard %d/%d on device %s: %s", index, count, device, " ".join(cmd))
+        procs.append(subprocess.Popen(cmd, env=env))
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    failed = []
+    for index, proc in enumerate(procs):
+        try:
+            left = None if deadline is None else max(1.0, deadline - time.monotonic())
+            code = proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = "timed out"
+        if code != 0:
+            failed.append(f"shard {index} (device {devices[index]}): exit {code}")
+    if failed:
+        raise RuntimeError("; ".join(failed) + ". Rerun the same command: finished records are kept and skipped.")
+
+
+def stats_file(path: Path) -> Path:
+    return path.with_suffix(".stats.json")
+
+
+def run_shard(
+    records: Iterator[tuple[int, dict]],
+    out_dir: Path,
+    stage_file: str,
+    shard: Shard,
+    batch_size: int,
+    process: Callable[[list[tuple[int, dict]], dict], list[dict]],
+    progress,
+) -> Path:
+    """Process this shard's records not yet done, batch by batch, appending each batch durably.
+
+    `records` yields (syn_id, record) for the whole input; this shard keeps its own. `process(batch,
+    stats)` returns the output records and adds its costs (engine time, tokens) to `stats`, which
+    accumulate across resumed runs in the shard's `.stats.json`.
+    """
+    path = shard.path(out_dir, stage_file)
+    marker = done_marker(path)
+    if marker.exists():
+        marker.unlink()  # a rerun of a finished shard: recounted below
+    done = set(recover(path))
+    stats_path = stats_file(path)
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    progress.update(len(done))
+    writer = ShardWriter(path)
+    try:
+        todo = ((i, r) for i, r in records if shard.owns(i) and i not in done)
+        for batch in batches(todo, batch_size):
+            start = time.monotonic()
+            out = process(batch, stats)
+            writer.write(out)
+            stats["wall_s"] = stats.get("wall_s", 0.0) + time.monotonic() - start
+            write_json(stats_path, stats)
+            progress.update(len(batch))
+    finally:
+        writer.close()
+    write_json(marker, {"records": len(recover(path))})
+    return path
+
+
+@dataclass
+class ShardArgs:
+    """The sharding flags every sharded stage takes."""
+
+    num_shards: int = field(default=1, metadata={"help": "Split the records into K shards (record i in shard i % K)."})
+    shard_index: int = field(default=-1, metadata={"help": "Run only shard I (a worker, or a cluster job); -1: one worker per GPU in CUDA_VISIBLE_DEVICES, else every shard here."})
+    shard_timeout_s: float = field(default=0.0, metadata={"help": "End worker processes still running after this many seconds (0: no limit)."})
+
+
+def plan(args) -> tuple[list[Shard], list[str]]:
+    """Which shards this process runs, or the devices to launch one worker each on.
+
+    - `--shard_index I`: shard I of `--num_shards` only (a launched worker, or a cluster job);
+    - several ids in CUDA_VISIBLE_DEVICES: one worker process per device, as in the paper;
+    - otherwise every shard, one after another, in this process (one engine load).
+    """
+    if args.shard_index >= 0:
+        return [Shard(args.shard_index, args.num_shards)], []
+    devices = visible_devices()
+    if len(devices) > 1 and args.num_shards in (1, len(devices)):
+        return [], devices
+    return [Shard(i, args.num_shards) for i in range(args.num_shards)], []
+
+
+def run_sharded_stage(
+    args,
+    command: str,
+    argv: list[str],
+    records: Callable[[], Iterator[tuple[int, dict]]],
+    total: Callable[[], int],
+    out_dir: Path,
+    stage_file: str,
+    make_process: Callable[[], Callable],
+) -> dict | None:
+    """Run a stage's shards (here or in worker processes) and merge them; the merged stats or None.
+
+    None means other shards have yet to finish (a cluster job that ran one shard).
+    """
+    from tqdm import tqdm
+
+    output = Path(out_dir) / stage_file
+    shards, devices = plan(args)
+    if devices:
+        launch_shards([command, *argv], devices, args.shard_timeout_s or None)
+        stats = merge_shards(out_dir, stage_file, len(devices), output)
+        if stats is None:
+            raise RuntimeError(f"{command}: the workers exited but some shard of {out_dir}/shards has no .done marker")
+        return stats
+    process = None
+    load_s = 0.0
+    n_total = total()
+    for shard in shards:
+        expected = sum(1 for i in range(n_total) if shard.owns(i))
+        with tqdm(total=expected, desc=f"{command} shard {shard.index + 1}/{shard.count}", unit="rec", dynamic_ncols=True) as bar:
+            if process is None and not _finished(out_dir, stage_file, shard, expected):
+                start = time.monotonic()
+                process = make_process()
+                load_s = time.monotonic() - start
+            run_shard(records(), out_dir, stage_file, shard, args.batch_size, process or _nothing, bar)
+    stats = merge_shards(out_dir, stage_file, args.num_shards, output)
+    if stats is not None:
+        stats["engine_load_s"] = stats.get("engine_load_s", 0.0) + load_s
+    return stats
+
+
+def _finished(out_dir: Path, stage_file: str, shard: Shard, expected: int) -> bool:
+    path = shard.path(out_dir, stage_file)
+    return path.exists() and len(recover(path)) >= expected
+
+
+def _nothing(batch, stats):
+    raise RuntimeError("internal: a finished shard was given work")

@@ -1,0 +1,198 @@
+"""Stage 2a: the synthesizer writes instruction / informative answer / precise answer triplets from
+each image-caption pair.
+
+    adamllm synthesize --model AdaptLLM/visual-instruction-synthesizer \
+        --data_path image_caption_pairs.json --image_folder images --output_dir OUT
+
+Writes OUT/syn_task_triplets.jsonl: every input record plus `syn_id` (its index in the input) and
+`pred` (the raw output, special tokens kept), or `pred: null` and `error: {reason, detail}` when the
+record could not be used (those also go to OUT/syn_task_triplets.rejects.jsonl).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adamllm.engines import EngineArgs, GenParams, Request, build_engine, check_engine_args
+from adamllm.formats import PRED, SYN_ID, RecordError, Rejects, iter_json_records, parse_caption_pair, read_jsonl
+from adamllm.images import load_image
+from adamllm.prompts import synthesizer_prompt
+from adamllm.shards import ShardArgs, run_sharded_stage
+from adamllm.stats import update_stats
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FILE = "syn_task_triplets.jsonl"
+PROMPTS_FILE = "prompts.jsonl"
+ERROR = "error"
+
+
+@dataclass
+class SynthesizeArgs(EngineArgs, ShardArgs):
+    data_path: str = field(default="", metadata={"help": "Image-caption pairs: a JSON list (or JSONL) of {images, messages} records.", "required": True})
+    image_folder: str = field(default="", metadata={"help": "Folder the records' image paths are relative to.", "required": True})
+    output_dir: str = field(default="", metadata={"help": "Where syn_task_triplets.jsonl, its shards and stats.json go.", "required": True})
+    max_new_tokens: int = field(default=512, metadata={"help": "Most tokens the synthesizer writes per record."})
+    limit: int = field(default=0, metadata={"help": "Only the first N records (0: all). Replaces the release's --stop."})
+    dry_run: bool = field(default=False, metadata={"help": "Load only the processor; write OUTPUT_DIR/prompts.jsonl with exactly what the model would see."})
+
+    def __post_init__(self):
+        errors = check_engine_args(self) + check_shard_args(self)
+        for name in ("data_path", "image_folder", "output_dir"):
+            if not getattr(self, name):
+                errors.append(f"--{name} is required")
+        if self.data_path and not Path(self.data_path).is_file():
+            errors.append(f"--data_path {self.data_path}: no such file")
+        if self.image_folder and not Path(self.image_folder).is_dir():
+            errors.append(f"--image_folder {self.image_folder}: no such folder")
+        if self.limit < 0:
+            errors.append(f"--limit {self.limit}: must be >= 0")
+        if errors:
+            raise ValueError("; ".join(errors))
+
+
+def check_shard_args(args: ShardArgs) -> list[str]:
+    errors = []
+    if args.num_shards < 1:
+        errors.append(f"--num_shards {args.num_shards}: must be >= 1")
+    if args.shard_index >= args.num_shards:
+        errors.append(f"--shard_index {args.shard_index}: must be < --num_shards {args.num_shards}")
+    return errors
+
+
+def input_records(args: SynthesizeArgs):
+    """(syn_id, record) for the input, up to --limit."""
+    for syn_id, record in enumerate(iter_json_records(args.data_path)):
+        if args.limit and syn_id >= args.limit:
+            return
+        yield syn_id, record
+
+
+def count_input(args: SynthesizeArgs) -> int:
+    return sum(1 for _ in input_records(args))
+
+
+def rejected(syn_id: int, record, error: RecordError) -> dict:
+    base = record if isinstance(record, dict) else {"input": record}
+    return {**base, SYN_ID: syn_id, PRED: None, ERROR: {"reason": error.reason, "detail": error.detail}}
+
+
+class Prompter:
+    """Turns an input record into the synthesizer's request, or a RecordError saying why it can't."""
+
+    def __init__(self, processor, args: SynthesizeArgs):
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.args = args
+
+    def request(self, record) -> Request:
+        pair = parse_caption_pair(record)
+        image = load_image(self.args.image_folder, pair.image)
+        prompt = synthesizer_prompt(pair.caption, self.processor.image_token)
+        # The prompt's length once the image token expands into the image's patches.
+        text_tokens = len(self.tokenizer(prompt).input_ids) - 1
+        image_tokens = self.processor._get_num_multimodal_tokens(image_sizes=[(image.height, image.width)]).num_image_tokens[0]
+        room = self.args.max_model_len - text_tokens - image_tokens
+        if room < 1:
+            raise RecordError(
+                "prompt_too_long",
+                f"{text_tokens + image_tokens} prompt tokens ({image_tokens} for the image) leave no room under "
+                f"--max_model_len {self.args.max_model_len}; shorten the caption or raise --max_model_len",
+            )
+        return Request(prompt=prompt, image=image, max_tokens=min(room, self.args.max_new_tokens))
+
+
+def make_process(args: SynthesizeArgs):
+    """The batch function of the synthesis stage: build requests, run the engine, attach `pred`."""
+    engine = build_engine(args, multimodal=True)
+    processor = getattr(engine, "processor", None)
+    if processor is None:
+        from adamllm.model_io import load_processor
+
+        processor = load_processor(args.model)
+    prompter = Prompter(processor, args)
+    eos = [engine.tokenizer.eos_token_id]
+
+    def process(batch, stats):
+        out, todo = {}, []
+        for syn_id, record in batch:
+            try:
+                todo.append((syn_id, record, prompter.request(record)))
+            except RecordError as e:
+                out[syn_id] = rejected(syn_id, record, e)
+        if todo:
+            start = time.monotonic()
+            generations = engine.generate([r for _, _, r in todo], GenParams(max_tokens=args.max_new_tokens, stop_token_ids=eos))
+            stats["engine_s"] = stats.get("engine_s", 0.0) + time.monotonic() - start
+            for (syn_id, record, _), gen in zip(todo, generations):
+                out[syn_id] = {**record, SYN_ID: syn_id, PRED: gen.text}
+                stats["prompt_tokens"] = stats.get("prompt_tokens", 0) + gen.prompt_tokens
+                stats["output_tokens"] = stats.get("output_tokens", 0) + len(gen.token_ids)
+        return [out[syn_id] for syn_id, _ in batch]
+
+    return process
+
+
+def dry_run(args: SynthesizeArgs) -> dict:
+    """Write OUT/prompts.jsonl: the exact prompt and image of every usable record."""
+    from adamllm.model_io import load_processor
+
+    prompter = Prompter(load_processor(args.model), args)
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rejects = Rejects(out_dir / "prompts.rejects.jsonl")
+    written = 0
+    with open(out_dir / PROMPTS_FILE, "w", encoding="utf-8") as fh:
+        for syn_id, record in input_records(args):
+            try:
+                request = prompter.request(record)
+            except RecordError as e:
+                rejects.add(e.reason, e.detail, record, syn_id=syn_id)
+                continue
+            fh.write(json.dumps({SYN_ID: syn_id, "prompt": request.prompt, "images": record["images"]}, ensure_ascii=False) + "\n")
+            written += 1
+    rejects.close()
+    return {"records_in": written + rejects.total, "records_out": written, "rejected": dict(rejects.counts)}
+
+
+def tally(output: Path, out_dir: Path) -> dict:
+    """Counts of the merged output, and its rejects file: records in = with pred + rejected."""
+    rejects = Rejects(out_dir / OUTPUT_FILE.replace(".jsonl", ".rejects.jsonl"))
+    n_in = n_out = 0
+    for record in read_jsonl(output):
+        n_in += 1
+        if record.get(PRED) is None:
+            rejects.add(record[ERROR]["reason"], record[ERROR]["detail"], record, syn_id=record[SYN_ID])
+        else:
+            n_out += 1
+    rejects.close()
+    return {"records_in": n_in, "records_out": n_out, "rejected": dict(rejects.counts)}
+
+
+def run_synthesize(args: SynthesizeArgs) -> dict | None:
+    """Run (or resume) synthesis; the stage's stats, or None while other shards are still running."""
+    from adamllm.cli.args import to_argv
+
+    if args.dry_run:
+        return dry_run(args)
+    out_dir = Path(args.output_dir)
+    costs = run_sharded_stage(
+        args,
+        "synthesize",
+        to_argv(args),
+        records=lambda: input_records(args),
+        total=lambda: count_input(args),
+        out_dir=out_dir,
+        stage_file=OUTPUT_FILE,
+        make_process=lambda: make_process(args),
+    )
+    if costs is None:
+        log.info("synthesize: shard done; the last shard to finish merges")
+        return None
+    stats = {**tally(out_dir / OUTPUT_FILE, out_dir), **costs}
+    update_stats(out_dir, "synthesize", stats, args)
+    return stats
