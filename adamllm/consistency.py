@@ -39,6 +39,7 @@ class FilterArgs(EngineArgs, ShardArgs):
     output_dir: str = field(default="", metadata={"help": "Where filtered_task_pairs.jsonl, its shards and stats.json go.", "required": True})
     mode: str = field(default="generate", metadata={"help": "generate: the paper's 2 greedy tokens, first word; logprob: one step, likeliest of Yes/No/Open.", "choices": list(MODES)})
     prompt_file: str = field(default="", metadata={"help": "Your own filter prompt: a text file holding {Q}, {informative_A} and {precise_A}."})
+    prefix_caching: bool = field(default=True, metadata={"help": "vLLM: serve the shared instruction + examples of every prompt from the prefix cache."})
 
     def __post_init__(self):
         errors = check_engine_args(self) + check_shard_args(self)
@@ -83,28 +84,23 @@ def candidate_ids(tokenizer) -> dict[str, int]:
 
 
 def make_process(args: FilterArgs):
+    """The batch function of the filter: collect each triplet, ask the checker about it."""
     template = args.template()
-    loaded: dict = {}
-
-    def load():
-        # Loaded on the first triplet: a run (or shard) without any never pays for the checker.
-        if not loaded:
-            engine = build_engine(args, multimodal=False, prefix_caching=True)
-            eos = [engine.tokenizer.eos_token_id]
-            if args.mode == "logprob":
-                params = GenParams(max_tokens=1, stop_token_ids=eos, candidates=candidate_ids(engine.tokenizer))
-            else:
-                params = GenParams(max_tokens=2, stop_token_ids=eos)
-            loaded.update(engine=engine, params=params)
-        return loaded["engine"], loaded["params"]
+    # A run whose records hold no triplet at all (a failed synthesis) never pays for loading the
+    # checker; the scan stops at the first triplet, so it costs nothing otherwise.
+    engine = params = None
+    if any(collect(r)[COLLECTED_QA] is not None for r in read_jsonl(args.data_path)):
+        engine = build_engine(args, multimodal=False, prefix_caching=args.prefix_caching)
+        eos = [engine.tokenizer.eos_token_id]
+        if args.mode == "logprob":
+            params = GenParams(max_tokens=1, stop_token_ids=eos, candidates=candidate_ids(engine.tokenizer))
+        else:
+            params = GenParams(max_tokens=2, stop_token_ids=eos)
 
     def process(batch, stats):
         out = [collect(record) for _, record in batch]
         todo = [r for r in out if r[COLLECTED_QA] is not None]
         if todo:
-            start = time.monotonic()
-            engine, params = load()
-            stats["engine_load_s"] = stats.get("engine_load_s", 0.0) + time.monotonic() - start
             requests = [Request(filter_prompt(r[COLLECTED_QA]["Q"], r[COLLECTED_QA]["informative_A"], r[COLLECTED_QA]["precise_A"], template)) for r in todo]
             start = time.monotonic()
             generations = engine.generate(requests, params)
@@ -164,6 +160,7 @@ def run_filter(args: FilterArgs) -> dict | None:
         out_dir=out_dir,
         stage_file=OUTPUT_FILE,
         make_process=lambda: make_process(args),
+        kept=lambda r: r.get(CONSISTENCY) == "yes",
     )
     if costs is None:
         return None

@@ -44,16 +44,27 @@ def done_marker(path: Path) -> Path:
 
 
 def recover(path: Path) -> list[int]:
-    """The syn_ids a shard file already holds, after cutting off a last line a kill left unfinished."""
+    """The syn_ids a shard file already holds, after cutting off a last line a kill left unfinished.
+
+    Reads line by line: a shard of millions of records never sits in memory.
+    """
     if not path.exists():
         return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        log.warning("%s: dropping an unfinished last line (%d bytes) left by an interrupted run", path, len(data) - end)
+    ids = []
+    good = 0  # bytes up to the end of the last complete line
+    with open(path, "rb") as fh:
+        for line in fh:
+            if not line.endswith(b"\n"):
+                break
+            good += len(line)
+            if line.strip():
+                ids.append(json.loads(line)[SYN_ID])
+    size = path.stat().st_size
+    if good < size:
+        log.warning("%s: dropping an unfinished last line (%d bytes) left by an interrupted run", path, size - good)
         with open(path, "r+b") as fh:
-            fh.truncate(end)
-    return [json.loads(line)[SYN_ID] for line in data[:end].splitlines() if line.strip()]
+            fh.truncate(good)
+    return ids
 
 
 class ShardWriter:
@@ -176,6 +187,7 @@ def run_shard(
     batch_size: int,
     process: Callable[[list[tuple[int, dict]], dict], list[dict]],
     progress,
+    kept: Callable[[dict], bool] = lambda record: True,
 ) -> Path:
     """Process this shard's records not yet done, batch by batch, appending each batch durably.
 
@@ -192,6 +204,7 @@ def run_shard(
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     progress.update(len(done))
     writer = ShardWriter(path)
+    n_kept = n_rejected = 0
     try:
         todo = ((i, r) for i, r in records if shard.owns(i) and i not in done)
         for batch in batches(todo, batch_size):
@@ -200,6 +213,9 @@ def run_shard(
             writer.write(out)
             stats["wall_s"] = stats.get("wall_s", 0.0) + time.monotonic() - start
             write_json(stats_path, stats)
+            n = sum(map(kept, out))
+            n_kept, n_rejected = n_kept + n, n_rejected + len(out) - n
+            progress.set_postfix(kept=n_kept, rejected=n_rejected, resumed=len(done), refresh=False)
             progress.update(len(batch))
     finally:
         writer.close()
@@ -240,6 +256,7 @@ def run_sharded_stage(
     out_dir: Path,
     stage_file: str,
     make_process: Callable[[], Callable],
+    kept: Callable[[dict], bool] = lambda record: True,
 ) -> dict | None:
     """Run a stage's shards (here or in worker processes) and merge them; the merged stats or None.
 
@@ -265,7 +282,7 @@ def run_sharded_stage(
                 start = time.monotonic()
                 process = make_process()
                 load_s = time.monotonic() - start
-            run_shard(records(), out_dir, stage_file, shard, args.batch_size, process or _nothing, bar)
+            run_shard(records(), out_dir, stage_file, shard, args.batch_size, process or _nothing, bar, kept)
     stats = merge_shards(out_dir, stage_file, args.num_shards, output)
     if stats is not None:
         stats["engine_load_s"] = stats.get("engine_load_s", 0.0) + load_s

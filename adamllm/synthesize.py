@@ -189,6 +189,7 @@ def run_synthesize(args: SynthesizeArgs) -> dict | None:
         out_dir=out_dir,
         stage_file=OUTPUT_FILE,
         make_process=lambda: make_process(args),
+        kept=lambda r: r.get(PRED) is not None,
     )
     if costs is None:
         log.info("synthesize: shard done; the last shard to finish merges")

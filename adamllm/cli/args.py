@@ -72,6 +72,8 @@ def to_argv(args) -> list[str]:
         if isinstance(value, bool):
             if value:
                 argv.append(f"--{f.name}")
+            elif f.default is True:  # a BooleanOptionalAction flag turned off
+                argv.append(f"--no-{f.name}")
         else:
             argv += [f"--{f.name}", str(value)]
     return argv
