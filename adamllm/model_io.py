@@ -39,6 +39,12 @@ def save_synthesizer(model, processor, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    return to_vllm_layout(out)
+
+
+def to_vllm_layout(out_dir: str | Path) -> Path:
+    """Rename a saved LLaVA-NeXT's vision-tower keys to the hub layout vLLM reads (idempotent)."""
+    out = Path(out_dir)
     for shard in sorted(out.glob("*.safetensors")):
         _rename_vision_keys(shard)
     index = out / "model.safetensors.index.json"

@@ -20,7 +20,7 @@ from pathlib import Path
 from adamllm.engines import EngineArgs, GenParams, Request, build_engine, check_engine_args
 from adamllm.formats import PRED, SYN_ID, RecordError, Rejects, iter_json_records, parse_caption_pair, read_jsonl
 from adamllm.images import load_image
-from adamllm.prompts import synthesizer_prompt
+from adamllm.prompts import EOS, synthesizer_prompt
 from adamllm.shards import ShardArgs, run_sharded_stage
 from adamllm.stats import update_stats
 
@@ -115,7 +115,9 @@ def make_process(args: SynthesizeArgs):
 
         processor = load_processor(args.model)
     prompter = Prompter(processor, args)
-    eos = [engine.tokenizer.eos_token_id]
+    # Stop at <|end_of_text|> itself, not at the tokenizer's eos_token: chat-tuned bases (llava-hf's
+    # LLaVA-NeXT-8B) declare <|eot_id|> as EOS, which would end the output after its first question.
+    eos = [engine.tokenizer.convert_tokens_to_ids(EOS)]
 
     def process(batch, stats):
         out, todo = {}, []

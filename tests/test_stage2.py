@@ -230,4 +230,5 @@ def test_run_synthesis_sh_end_to_end_on_data_samples(tiny_models, tmp_path):
     info = read_json(out / "dataset_info.json")["image_caption_and_synthetic_task"]
     ds = datasets.load_dataset("json", data_files=str(out / info["file_name"]), split="train")
     assert ds.num_rows == n and all((out / row["images"][0]).is_file() for row in ds)
-    assert "usage" in subprocess.run(["bash", str(script)], capture_output=True, text=True).stdout.lower() or True
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "run_synthesis.sh SYNTHESIZER CONSISTENCY_CHECKER" in usage.stdout

@@ -13,13 +13,14 @@ import argparse
 import logging
 import sys
 
-from adamllm.cli import filter, fixtures, format_data, merge_seed, run, synthesize, tiny_models
+from adamllm.cli import filter, fixtures, format_data, merge_seed, run, synthesize, tiny_models, train
 
-COMMANDS = (merge_seed, run, synthesize, filter, format_data, tiny_models, fixtures)
+COMMANDS = (merge_seed, train, run, synthesize, filter, format_data, tiny_models, fixtures)
 
 EPILOG = """\
 The pipeline:
   stage 1   adamllm merge-seed ...          seed data -> synthesizer training records
+            adamllm train ...               fine-tune the synthesizer (torchrun + DeepSpeed), or:
             bash scripts/tune_synthesizer.sh CAPTION PRECISE_A INFORMATIVE_A IMAGE_FOLDER
   stage 2   adamllm run ...                 synthesize + filter + format, or one by one:
             adamllm synthesize ...          image-caption pairs -> task triplets
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        # Training parses its own flags with HfArgumentParser (every TrainingArguments flag).
+        return train.main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)

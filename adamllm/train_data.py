@@ -1,0 +1,150 @@
+"""Stage-1 training data: merged seed records rendered, tokenized and labelled for the synthesizer.
+
+A record renders as the Llama-3 LLaVA conversation of `adamllm.prompts.training_text` (the data's
+`<image>` becoming the processor's image token), then EOS. The loss skips the first round and the
+header that opens the second user turn, exactly the tokens of the stage-2 inference prompt, and
+trains every later token: the hints and questions the synthesizer must learn to write, the answers,
+the turn headers between them and the final EOS.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adamllm.formats import RecordError, Rejects, iter_json_records
+from adamllm.images import check_image, open_image, resolve_image_path
+from adamllm.prompts import ASSISTANT, USER, Turn, synthesizer_prompt, training_text
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+ROLES = {"human": USER, "gpt": ASSISTANT}
+
+
+@dataclass(frozen=True)
+class Example:
+    """What the dataset keeps per record: text and where the image is; pixels are read per draw."""
+
+    text: str
+    prompt: str  # the stage-2 inference prompt of the same record: its tokens are masked
+    image: Path
+    blank: bool
+    length: int  # tokens once the image token is expanded
+
+
+def _turns(record: dict) -> list[Turn]:
+    conv = record.get("conversations")
+    if not isinstance(conv, list) or len(conv) < 4 or not all(isinstance(t, dict) and t.get("from") in ROLES and isinstance(t.get("value"), str) for t in conv):
+        raise RecordError("bad_schema", 'a training record needs "conversations": a caption round and at least one pair, each {"from": "human"|"gpt", "value"}')
+    turns = [Turn(ROLES[t["from"]], t["value"]) for t in conv]
+    if [t.role for t in turns] != [USER, ASSISTANT] * (len(turns) // 2) or len(turns) % 2:
+        raise RecordError("bad_schema", "turns must alternate human, gpt, starting with human")
+    return turns
+
+
+class SeedDataset(torch.utils.data.Dataset):
+    """Training records of `adamllm merge-seed`, tokenized lazily: each image is opened when drawn.
+
+    The constructor reads every record's text and image header (not its pixels) to know each
+    sequence's length: for grouping by length, and to count, before training starts, the records that
+    will be truncated or cannot be used (written to `rejects_path` with the reason).
+    """
+
+    def __init__(self, data_path: str, processor, image_folder: str, blank_image_path: str, model_max_length: int, rejects_path: Path):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.max_length = model_max_length
+        image_token = processor.image_token
+        blank = os.path.abspath(blank_image_path) if blank_image_path else ""
+        rejects = Rejects(Path(rejects_path))
+        self.examples: list[Example] = []
+        self.counts: Counter = Counter()
+        for index, record in enumerate(iter_json_records(data_path)):
+            self.counts["records_in"] += 1
+            try:
+                if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+                    raise RecordError("bad_schema", 'a training record needs an "image" path')
+                turns = _turns(record)
+                is_blank = os.path.isabs(record["image"]) or os.sep in record["image"]
+                if is_blank and os.path.abspath(record["image"]) != blank:
+                    raise RecordError("unsafe_image_path", f"{record['image']} is neither a base name in the image folder nor --blank_image_path")
+                path = Path(blank) if is_blank else resolve_image_path(image_folder, record["image"])
+                width, height = check_image(path)
+                text = training_text(turns, image_token)
+                image_tokens = processor._get_num_multimodal_tokens(image_sizes=[(height, width)]).num_image_tokens[0]
+                length = len(self.tokenizer(text).input_ids) - 1 + image_tokens
+                prompt = synthesizer_prompt(turns[1].text, image_token)
+                if len(self.tokenizer(prompt).input_ids) - 1 + image_tokens >= model_max_length:
+                    raise RecordError("prompt_too_long", f"the image and caption alone exceed --model_max_length {model_max_length}")
+            except RecordError as e:
+                rejects.add(e.reason, e.detail, record, index=index)
+                continue
+            self.counts["truncated"] += length > model_max_length
+            self.counts["blank_images"] += is_blank
+            self.examples.append(Example(text, prompt, path, is_blank, min(length, model_max_length)))
+        rejects.close()
+        self.counts["records_used"] = len(self.examples)
+        self.counts.update({f"rejected_{k}": v for k, v in rejects.counts.items()})
+        self.rejects_path = rejects.path if rejects.total else None
+        if self.counts["truncated"]:
+            log.warning("%d of %d sequences exceed --model_max_length %d and will be truncated", self.counts["truncated"], len(self.examples), model_max_length)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [e.length for e in self.examples]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        example = self.examples[i]
+        image = open_image(example.image)
+        enc = self.processor(images=image, text=example.text, return_tensors="pt")
+        input_ids = enc["input_ids"][0]
+        labels = input_ids.clone()
+        labels[: self.prompt_length(example, image)] = IGNORE_INDEX
+        return {
+            "input_ids": input_ids[: self.max_length],
+            "labels": labels[: self.max_length],
+            "pixel_values": enc["pixel_values"][0],
+            "image_sizes": enc["image_sizes"][0],
+        }
+
+    def prompt_length(self, example: Example, image) -> int:
+        """Tokens of the inference prompt, image expanded: the masked head of the sequence."""
+        image_tokens = self.processor._get_num_multimodal_tokens(image_sizes=[(image.height, image.width)]).num_image_tokens[0]
+        return len(self.tokenizer(example.prompt).input_ids) - 1 + image_tokens
+
+
+@dataclass
+class Collator:
+    """Pads text to the longest sequence and images to the most tiles of the batch."""
+
+    pad_token_id: int
+
+    def __call__(self, items: list[dict]) -> dict:
+        n = max(len(x["input_ids"]) for x in items)
+        tiles = max(x["pixel_values"].shape[0] for x in items)
+        input_ids = torch.full((len(items), n), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), n), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), n), dtype=torch.long)
+        pixel_values = torch.zeros((len(items), tiles, *items[0]["pixel_values"].shape[1:]), dtype=items[0]["pixel_values"].dtype)
+        for row, x in enumerate(items):
+            k = len(x["input_ids"])
+            input_ids[row, :k] = x["input_ids"]
+            labels[row, :k] = x["labels"]
+            attention_mask[row, :k] = 1
+            pixel_values[row, : x["pixel_values"].shape[0]] = x["pixel_values"]
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": attention_mask,
+            "pixel_values": pixel_values,
+            "image_sizes": torch.stack([x["image_sizes"] for x in items]),
+        }
