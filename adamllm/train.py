@@ -52,7 +52,7 @@ class DataArguments:
     precise_qa_path: str = field(default="", metadata={"help": "Vision-Flan metadata.json."})
     informative_qa_path: str = field(default="", metadata={"help": "ALLaVA-Instruct-VFLAN-4V.json."})
     image_folder: str = field(default="", metadata={"help": "Folder of the seed images (Vision-Flan images_191task_1k)."})
-    blank_image_path: str = field(default="", metadata={"help": "The blank image (made if missing); default OUTPUT_DIR/blank.png."})
+    blank_image_path: str = field(default="", metadata={"help": "The blank image (made if missing); default OUTPUT_DIR/blank.png, or with --data_path the one its merge-seed summary names."})
     replace_with_blank_image_percent: float = field(default=10.0, metadata={"help": "Share of training records whose image becomes the blank image."})
 
     def __post_init__(self):
@@ -139,6 +139,10 @@ def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArgum
 def prepare_data(data_args: DataArguments, training_args: TrainingArguments) -> str:
     """The training records: --data_path, or the seed files merged into OUTPUT_DIR/seed_train.json."""
     if data_args.data_path:
+        summary = Path(data_args.data_path).with_name(Path(data_args.data_path).name.removesuffix(".json") + ".summary.json")
+        if not data_args.blank_image_path and summary.exists():
+            # merge-seed wrote the blank image's path into its records and its summary.
+            data_args.blank_image_path = json.loads(summary.read_text())["blank_image_path"]
         return data_args.data_path
     from accelerate import PartialState
 

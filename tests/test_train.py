@@ -218,3 +218,25 @@ def test_stage1_feeds_stage2_a_trained_synthesizer_writes_parsable_triplets(tiny
     assert all(len(parse_pairs(p)) >= 2 for p in preds)
     assert sum(t is not None for t in triplets) >= 6, preds
     assert all(p.rstrip().endswith(prompts.EOT) for p in preds), "the synthesizer learned to stop with EOS"
+
+
+def test_train_on_a_merged_file_finds_its_blank_image(tiny_models, seed, merged, tmp_path):
+    """--data_path (a merge-seed output) instead of the seed files: the blank records stay usable."""
+    from adamllm.train import main as train_main
+
+    code = train_main([
+        "--model_name_or_path", str(tiny_models["synthesizer"]), "--data_path", str(merged), "--image_folder", str(seed["image_folder"]),
+        "--output_dir", str(tmp_path / "syn"), "--max_steps", "2", "--per_device_train_batch_size", "2",
+        "--save_strategy", "no", "--report_to", "none", "--use_cpu", "True",
+    ])
+    assert code == 0
+    summary = read_json(tmp_path / "syn" / "training_summary.json")
+    assert summary["records_used"] == len(read_json(merged)) and summary["blank_images"] > 0 and summary["rejects_file"] == ""
+
+
+def test_train_arguments_checked_together(capsys):
+    from adamllm.train import main as train_main
+
+    assert train_main(["--output_dir", "x", "--caption_path", "a.json"]) == 2
+    err = capsys.readouterr().err
+    assert "go together" in err and "--image_folder is required" in err and "--caption_path a.json: no such file" in err
