@@ -7,12 +7,18 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench clean
+.PHONY: setup browser test demo bench clean
 
 setup:
 	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/setup_cpu_env.sh
 
-test: setup
+# Debian's chromium, for the report's browser tests (needs root or sudo when missing).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup

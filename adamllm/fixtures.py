@@ -59,11 +59,23 @@ def draw(scene: Scene, rng: random.Random, size: int = IMAGE_SIZE) -> Image.Imag
     return image
 
 
-def caption(scene: Scene) -> str:
-    return (
-        f"The image shows {NUMBER_WORDS[scene.count]} {scene.color} {scene.noun} "
-        f"on a plain {scene.background} background."
-    )
+# Words for the filler sentence some captions carry: real captions say much that no question asks
+# about, and a synthesizer trained only on terse captions loses its format on a long one.
+FILLER = (
+    "the a of with and in on near small large bright dark soft round flat thin thick fresh warm cold "
+    "plate bowl cup table wooden white glass sauce bread rice soup cheese tomato green leaf slice "
+    "cut served topped baked fried grilled sweet golden brown crisp creamy scan image view slice axial "
+    "tissue cell stain field region left right upper lower central visible shows appears seen taken "
+    "photo close detail edge surface texture pattern shadow light background foreground corner"
+).split()
+
+
+def caption(scene: Scene, rng: random.Random | None = None) -> str:
+    text = f"The image shows {NUMBER_WORDS[scene.count]} {scene.color} {scene.noun} on a plain {scene.background} background."
+    if rng is not None and rng.random() < 0.7:
+        words = rng.choices(FILLER, k=rng.randint(10, 80))
+        text += " " + " ".join(words).capitalize() + "."
+    return text
 
 
 # (task name, question, precise answer, informative answer) for a scene.
@@ -109,7 +121,7 @@ def make_seed_fixtures(out_dir: str | Path, num_images: int, seed: int = 0) -> d
         scene = random_scene(rng)
         name = f"seed_{i:05d}.png"
         draw(scene, rng).save(folder / name)
-        text = caption(scene)
+        text = caption(scene, rng)
         record = {
             "id": f"cap_{i}",
             "image": f"allava_vflan/images/images_191task_1k/{name}",

@@ -38,7 +38,7 @@ SPECIAL_TOKENS = [
 VOCAB_SIZE = 3000
 
 # Small enough to run in seconds on a CPU; head size 32 because vLLM's CPU attention needs >= 32.
-TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
+TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4)
 VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, projection_dim=64)
 IMAGE_SIZE, PATCH_SIZE = 56, 14
 GRID_PINPOINTS = [[56, 112], [112, 56], [112, 112]]
@@ -60,7 +60,7 @@ def _corpus() -> list[str]:
     lines += [t.user + " " + t.assistant for t in prompts.QA_TEMPLATES + prompts.COT_TEMPLATES]
     for _ in range(300):
         scene = fixtures.random_scene(rng)
-        lines.append(fixtures.caption(scene))
+        lines.append(fixtures.caption(scene, rng))
         lines += [" ".join(task[1:]) for task in fixtures.qa_tasks(scene)]
     lines += [__doc__ or "", fixtures.__doc__ or "", prompts.__doc__ or ""]
     return lines
@@ -115,6 +115,16 @@ def _text_config(tokenizer, seed_vocab: int):
     )
 
 
+def _quiet_embeddings(model) -> None:
+    """Shrink the input embeddings to the usual 0.02 scale: a token that training never shows (a
+    word of a real caption, for a model trained on shapes) then adds little noise, where at the wide
+    init it would swamp the prompt."""
+    import torch
+
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(0.1)
+
+
 def build_synthesizer(tokenizer, seed: int = 0):
     """A random tiny LLaVA-NeXT and its processor."""
     import torch
@@ -145,6 +155,7 @@ def build_synthesizer(tokenizer, seed: int = 0):
     )
     torch.manual_seed(seed)
     model = LlavaNextForConditionalGeneration(config).eval()
+    _quiet_embeddings(model)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, processor
@@ -157,18 +168,65 @@ def build_checker(tokenizer, seed: int = 1):
 
     torch.manual_seed(seed)
     model = LlamaForCausalLM(_text_config(tokenizer, len(tokenizer))).eval()
+    _quiet_embeddings(model)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
-def make_tiny_models(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Build and save both tiny models; returns their folders."""
+def teach_verdicts(checker, tokenizer, steps: int, seed: int = 0) -> list[float]:
+    """Teach the random checker the verdict words on procedural triplets; returns the loss per step.
+
+    Consistent triplets (both answers from one scene) are labelled " Yes", inconsistent ones (the
+    precise answer of another scene) " No". A few dozen steps make the tiny checker answer in the
+    filter's vocabulary, so the demo shows kept tasks; its verdicts on real data mean nothing.
+    """
+    import random
+
+    import torch
+
+    rng = random.Random(seed)
+    targets = {v: tokenizer(f" {v}", add_special_tokens=False).input_ids[0] for v in ("Yes", "No")}
+    optimizer = torch.optim.AdamW(checker.parameters(), lr=1e-2)
+    template = prompts.default_filter_template()
+    checker.train()
+    losses = []
+    for _ in range(steps):
+        texts, labels = [], []
+        for _ in range(8):
+            a, b = fixtures.random_scene(rng), fixtures.random_scene(rng)
+            task = rng.randrange(3)
+            _, question, _, informative = fixtures.qa_tasks(a)[task]
+            _, _, other, _ = fixtures.qa_tasks(b)[task]
+            consistent = rng.random() < 0.5 or other == fixtures.qa_tasks(a)[task][2]
+            precise = fixtures.qa_tasks(a)[task][2] if consistent else other
+            texts.append(prompts.filter_prompt(question, informative, precise, template))
+            labels.append(targets["Yes" if consistent else "No"])
+        tokenizer.padding_side = "left"
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+        logits = checker(**batch).logits[:, -1]
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(labels))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    tokenizer.padding_side = "right"
+    checker.eval()
+    return losses
+
+
+def make_tiny_models(out_dir: str | Path, seed: int = 0, teach_checker_steps: int = 0) -> dict[str, Path]:
+    """Build and save both tiny models; returns their folders.
+
+    `teach_checker_steps` > 0 teaches the checker to answer Yes / No (see `teach_verdicts`).
+    """
     out = Path(out_dir)
     tokenizer = build_tokenizer()
     model, processor = build_synthesizer(tokenizer, seed)
     save_synthesizer(model, processor, out / "synthesizer")
     checker = build_checker(tokenizer, seed + 1)
+    if teach_checker_steps:
+        teach_verdicts(checker, tokenizer, teach_checker_steps, seed)
     checker.save_pretrained(out / "checker")
     tokenizer.save_pretrained(out / "checker")
     return {"synthesizer": out / "synthesizer", "checker": out / "checker"}

