@@ -29,6 +29,11 @@ def load_processor(name_or_path: str):
     return AutoProcessor.from_pretrained(name_or_path)
 
 
+def image_token_count(processor, width: int, height: int) -> int:
+    """How many tokens the processor's image token expands into for an image of this size."""
+    return processor._get_num_multimodal_tokens(image_sizes=[(height, width)]).num_image_tokens[0]
+
+
 def save_synthesizer(model, processor, out_dir: str | Path) -> Path:
     """Save model, processor and tokenizer so that transformers and vLLM both load the folder.
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from adamllm.engines import EngineArgs, GenParams, Request, build_engine, check_engine_args
 from adamllm.formats import PRED, SYN_ID, RecordError, Rejects, iter_json_records, parse_caption_pair, read_jsonl
 from adamllm.images import load_image
+from adamllm.model_io import image_token_count
 from adamllm.prompts import EOS, synthesizer_prompt
 from adamllm.shards import ShardArgs, run_sharded_stage
 from adamllm.stats import update_stats
@@ -95,7 +96,7 @@ class Prompter:
         prompt = synthesizer_prompt(pair.caption, self.processor.image_token)
         # The prompt's length once the image token expands into the image's patches.
         text_tokens = len(self.tokenizer(prompt).input_ids) - 1
-        image_tokens = self.processor._get_num_multimodal_tokens(image_sizes=[(image.height, image.width)]).num_image_tokens[0]
+        image_tokens = image_token_count(self.processor, image.width, image.height)
         room = self.args.max_model_len - text_tokens - image_tokens
         if room < 1:
             raise RecordError(

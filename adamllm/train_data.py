@@ -19,6 +19,7 @@ import torch
 
 from adamllm.formats import RecordError, Rejects, iter_json_records
 from adamllm.images import check_image, open_image, resolve_image_path
+from adamllm.model_io import image_token_count
 from adamllm.prompts import ASSISTANT, USER, Turn, synthesizer_prompt, training_text
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ class Example:
     """What the dataset keeps per record: text and where the image is; pixels are read per draw."""
 
     text: str
-    prompt: str  # the stage-2 inference prompt of the same record: its tokens are masked
+    prompt: str  # the stage-2 inference prompt of the same record
+    head: int  # its tokens, image expanded: the masked head of the sequence
     image: Path
     blank: bool
     length: int  # tokens once the image token is expanded
@@ -77,17 +79,18 @@ class SeedDataset(torch.utils.data.Dataset):
                 path = Path(blank) if is_blank else resolve_image_path(image_folder, record["image"])
                 width, height = check_image(path)
                 text = training_text(turns, image_token)
-                image_tokens = processor._get_num_multimodal_tokens(image_sizes=[(height, width)]).num_image_tokens[0]
+                image_tokens = image_token_count(processor, width, height)
                 length = len(self.tokenizer(text).input_ids) - 1 + image_tokens
                 prompt = synthesizer_prompt(turns[1].text, image_token)
-                if len(self.tokenizer(prompt).input_ids) - 1 + image_tokens >= model_max_length:
+                head = len(self.tokenizer(prompt).input_ids) - 1 + image_tokens
+                if head >= model_max_length:
                     raise RecordError("prompt_too_long", f"the image and caption alone exceed --model_max_length {model_max_length}")
             except RecordError as e:
                 rejects.add(e.reason, e.detail, record, index=index)
                 continue
             self.counts["truncated"] += length > model_max_length
             self.counts["blank_images"] += is_blank
-            self.examples.append(Example(text, prompt, path, is_blank, min(length, model_max_length)))
+            self.examples.append(Example(text, prompt, head, path, is_blank, min(length, model_max_length)))
         rejects.close()
         self.counts["records_used"] = len(self.examples)
         self.counts.update({f"rejected_{k}": v for k, v in rejects.counts.items()})
@@ -108,18 +111,13 @@ class SeedDataset(torch.utils.data.Dataset):
         enc = self.processor(images=image, text=example.text, return_tensors="pt")
         input_ids = enc["input_ids"][0]
         labels = input_ids.clone()
-        labels[: self.prompt_length(example, image)] = IGNORE_INDEX
+        labels[: example.head] = IGNORE_INDEX
         return {
             "input_ids": input_ids[: self.max_length],
             "labels": labels[: self.max_length],
             "pixel_values": enc["pixel_values"][0],
             "image_sizes": enc["image_sizes"][0],
         }
-
-    def prompt_length(self, example: Example, image) -> int:
-        """Tokens of the inference prompt, image expanded: the masked head of the sequence."""
-        image_tokens = self.processor._get_num_multimodal_tokens(image_sizes=[(image.height, image.width)]).num_image_tokens[0]
-        return len(self.tokenizer(example.prompt).input_ids) - 1 + image_tokens
 
 
 @dataclass
