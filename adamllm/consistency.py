@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamllm.engines import EngineArgs, GenParams, Request, build_engine, check_engine_args
-from adamllm.formats import COLLECTED_QA, CONSISTENCY, PRED, SYN_ID, read_jsonl
+from adamllm.formats import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, read_jsonl
 from adamllm.parse import collect_triplet, parse_pairs, parse_verdict
 from adamllm.prompts import check_filter_template, default_filter_template, filter_prompt
-from adamllm.shards import ShardArgs, run_sharded_stage
+from adamllm.shards import ShardArgs, check_shard_args, run_sharded_stage
 from adamllm.stats import update_stats
-from adamllm.synthesize import ERROR, check_shard_args
 
 log = logging.getLogger(__name__)
 

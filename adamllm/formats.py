@@ -26,6 +26,7 @@ SYN_ID = "syn_id"
 PRED = "pred"
 COLLECTED_QA = "collected_QA"
 CONSISTENCY = "consistency"
+ERROR = "error"  # {"reason", "detail"} of a record a stage could not use
 
 
 class RecordError(ValueError):

@@ -23,12 +23,11 @@ from pathlib import Path
 from PIL import Image
 
 from adamllm.consistency import OUTPUT_FILE as FILTERED_FILE
-from adamllm.formats import COLLECTED_QA, CONSISTENCY, PRED, SYN_ID, RecordError, iter_json_records, read_jsonl
+from adamllm.formats import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, RecordError, iter_json_records, read_jsonl
 from adamllm.images import load_image
 from adamllm.parse import parse_pairs
 from adamllm.pipeline import FINAL_FILE
 from adamllm.stats import STATS_FILE
-from adamllm.synthesize import ERROR
 
 REPORT_FILE = "report.html"
 THUMBNAIL = 160

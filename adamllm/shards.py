@@ -232,6 +232,16 @@ class ShardArgs:
     shard_timeout_s: float = field(default=0.0, metadata={"help": "End worker processes still running after this many seconds (0: no limit)."})
 
 
+def check_shard_args(args: ShardArgs) -> list[str]:
+    """Errors in the sharding flags, for an argument dataclass's __post_init__ to report together."""
+    errors = []
+    if args.num_shards < 1:
+        errors.append(f"--num_shards {args.num_shards}: must be >= 1")
+    if args.shard_index >= args.num_shards:
+        errors.append(f"--shard_index {args.shard_index}: must be < --num_shards {args.num_shards}")
+    return errors
+
+
 def plan(args) -> tuple[list[Shard], list[str]]:
     """Which shards this process runs, or the devices to launch one worker each on.
 

@@ -18,18 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamllm.engines import EngineArgs, GenParams, Request, build_engine, check_engine_args
-from adamllm.formats import PRED, SYN_ID, RecordError, Rejects, iter_json_records, parse_caption_pair, read_jsonl
+from adamllm.formats import ERROR, PRED, SYN_ID, RecordError, Rejects, iter_json_records, parse_caption_pair, read_jsonl
 from adamllm.images import load_image
 from adamllm.model_io import image_token_count
 from adamllm.prompts import EOS, synthesizer_prompt
-from adamllm.shards import ShardArgs, run_sharded_stage
+from adamllm.shards import ShardArgs, check_shard_args, run_sharded_stage
 from adamllm.stats import update_stats
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FILE = "syn_task_triplets.jsonl"
 PROMPTS_FILE = "prompts.jsonl"
-ERROR = "error"
 
 
 @dataclass
@@ -54,15 +53,6 @@ class SynthesizeArgs(EngineArgs, ShardArgs):
             errors.append(f"--limit {self.limit}: must be >= 0")
         if errors:
             raise ValueError("; ".join(errors))
-
-
-def check_shard_args(args: ShardArgs) -> list[str]:
-    errors = []
-    if args.num_shards < 1:
-        errors.append(f"--num_shards {args.num_shards}: must be >= 1")
-    if args.shard_index >= args.num_shards:
-        errors.append(f"--shard_index {args.shard_index}: must be < --num_shards {args.num_shards}")
-    return errors
 
 
 def input_records(args: SynthesizeArgs):
