@@ -10,6 +10,7 @@ picks the likeliest of Yes / No / Open among the top-20 first tokens, recording 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from adamllm.engines import EngineArgs, GenParams, Request, build_engine, check_
 from adamllm.formats import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, read_jsonl
 from adamllm.parse import collect_triplet, parse_pairs, parse_verdict
 from adamllm.prompts import check_filter_template, default_filter_template, filter_prompt
-from adamllm.shards import ShardArgs, check_shard_args, run_sharded_stage
+from adamllm.shards import ShardArgs, check_shard_args, input_fingerprint, run_sharded_stage
 from adamllm.stats import update_stats
 
 log = logging.getLogger(__name__)
@@ -147,18 +148,29 @@ def run_filter(args: FilterArgs) -> dict | None:
     out_dir = Path(args.output_dir)
 
     def records():
-        for record in read_jsonl(args.data_path):
-            yield record[SYN_ID], record
+        last = -1
+        for index, record in enumerate(read_jsonl(args.data_path)):
+            syn_id = record.get(SYN_ID) if isinstance(record, dict) else None
+            if not isinstance(syn_id, int) or syn_id <= last:
+                raise ValueError(
+                    f"{args.data_path}: record {index} has syn_id {syn_id!r}; the filter's input needs an integer "
+                    "syn_id per record, each once, in increasing order (as `adamllm synthesize` writes them)"
+                )
+            last = syn_id
+            yield syn_id, record
 
     costs = run_sharded_stage(
         args,
         "filter",
         to_argv(args),
         records=records,
-        total=lambda: sum(1 for _ in read_jsonl(args.data_path)),
         out_dir=out_dir,
         stage_file=OUTPUT_FILE,
         make_process=lambda: make_process(args),
+        fingerprint=input_fingerprint(
+            args.data_path, model=args.model, mode=args.mode,
+            prompt_sha256=hashlib.sha256(args.template().encode()).hexdigest(),
+        ),
         kept=lambda r: r.get(CONSISTENCY) == "yes",
     )
     if costs is None:

@@ -151,11 +151,12 @@ def parse_caption_pair(record: Any) -> CaptionPair:
     caption = caption.strip()
     if not caption:
         raise RecordError("no_caption", "the assistant turn (the caption) is empty")
+    instruction, stripped_instruction = strip_special_tokens(messages[0]["content"], image_tokens=())
     return CaptionPair(
         image=images[0],
-        instruction=remove_image_tag(messages[0]["content"]),
+        instruction=remove_image_tag(instruction),
         caption=caption,
-        stripped_special_tokens=stripped,
+        stripped_special_tokens=stripped + stripped_instruction,
     )
 
 
@@ -184,7 +185,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """A small JSON document (summaries, arguments), indented for people, written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # per process: shard workers write side by side
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 

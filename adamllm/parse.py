@@ -71,13 +71,13 @@ def collect_triplet(pairs: list[tuple[str, str]]) -> Triplet | None:
 
 
 def parse_verdict(text: str) -> str:
-    """The checker's verdict: the first word of its continuation, lower-cased.
+    """The checker's verdict, as the paper reads it: the first word of its continuation, lower-cased.
 
-    Returns "yes", "no" or "open"; "invalid" for anything else (empty output, another word). Trailing
-    punctuation is ignored ("Yes." is yes).
+    Returns "yes", "no" or "open"; "invalid" for anything else. As in the paper, the word must be
+    bare: "Yes." is invalid (with greedy decoding of " Yes" the second token is rarely punctuation).
     """
     words = text.strip().split()
     if not words:
         return "invalid"
-    word = words[0].lower().strip(".,:;!?\"'")
+    word = words[0].lower()
     return word if word in VERDICTS else "invalid"

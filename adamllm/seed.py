@@ -195,7 +195,8 @@ def run_merge_seed(args: MergeSeedArgs) -> dict:
     chosen = sorted(n for n, s in split.items() if s == args.split)
     n_blank = round(len(chosen) * args.replace_with_blank_image_percent / 100)
     blank = set(random.Random(f"adamllm-blank:{args.seed}:{args.split}").sample(chosen, n_blank))
-    blank_path = str(ensure_blank_image(args.blank_image_path)) if blank else args.blank_image_path
+    # Absolute, so training finds it from any working directory.
+    blank_path = str(ensure_blank_image(args.blank_image_path).resolve()) if blank else str(Path(args.blank_image_path).resolve())
 
     records = (training_record(n, images[n], blank_path if n in blank else n, args.seed) for n in chosen)
     written = write_json_list(output, records)

@@ -10,6 +10,7 @@ shards on many nodes over a shared file system: the last shard to finish merges.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import logging
@@ -17,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -112,7 +114,10 @@ def merge_shards(out_dir: Path, stage_file: str, count: int, output: Path) -> di
     with open(tmp, "w", encoding="utf-8") as out:
         for record in heapq.merge(*(read_jsonl(p) for p in shards), key=lambda r: r[SYN_ID]):
             if record[SYN_ID] <= last:
-                raise RuntimeError(f"{output}: syn_id {record[SYN_ID]} appears twice in the shards of {out_dir}/shards")
+                raise RuntimeError(
+                    f"{output}: syn_id {record[SYN_ID]} appears twice or out of order in the shards of {out_dir}/shards; "
+                    "the stage's input must hold each syn_id once, in increasing order"
+                )
             last = record[SYN_ID]
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             seen += 1
@@ -257,52 +262,78 @@ def plan(args) -> tuple[list[Shard], list[str]]:
     return [Shard(i, args.num_shards) for i in range(args.num_shards)], []
 
 
+def input_fingerprint(path: str | Path, **settings) -> dict:
+    """What a stage's results depend on: its input file (path, size, a hash of its head and tail) and
+    the settings that change the output (model, limits, prompt)."""
+    p = Path(path)
+    size = p.stat().st_size
+    digest = hashlib.sha256()
+    with open(p, "rb") as fh:
+        digest.update(fh.read(1 << 16))
+        if size > 1 << 16:
+            fh.seek(max(size - (1 << 16), 1 << 16))
+            digest.update(fh.read())
+    return {"input": str(p.resolve()), "size": size, "sha256_head_tail": digest.hexdigest(), **settings}
+
+
+def check_fingerprint(out_dir: Path, stage_file: str, count: int, fingerprint: dict) -> None:
+    """Refuse to resume shards written for other input or settings: their records would leak in."""
+    stem = stage_file.removesuffix(".jsonl")
+    path = Path(out_dir) / "shards" / f"{stem}.input-of-{count:03d}.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        if changed:
+            raise ValueError(
+                f"{path.parent} holds {stem} results for another input or other settings (changed: {', '.join(changed)}); "
+                f"use a new --output_dir, or delete {path.parent} to start over"
+            )
+    else:
+        write_json(path, fingerprint)
+
+
 def run_sharded_stage(
     args,
     command: str,
     argv: list[str],
     records: Callable[[], Iterator[tuple[int, dict]]],
-    total: Callable[[], int],
     out_dir: Path,
     stage_file: str,
     make_process: Callable[[], Callable],
+    fingerprint: dict,
     kept: Callable[[dict], bool] = lambda record: True,
 ) -> dict | None:
     """Run a stage's shards (here or in worker processes) and merge them; the merged stats or None.
 
-    None means other shards have yet to finish (a cluster job that ran one shard).
+    None means other shards have yet to finish (a cluster job that ran one shard). The engine is
+    loaded on the first batch with work, so a rerun of finished shards only merges.
     """
     from tqdm import tqdm
 
     output = Path(out_dir) / stage_file
     shards, devices = plan(args)
+    count = len(devices) or args.num_shards
+    check_fingerprint(out_dir, stage_file, count, fingerprint)
     if devices:
         launch_shards([command, *argv], devices, args.shard_timeout_s or None)
-        stats = merge_shards(out_dir, stage_file, len(devices), output)
+        stats = merge_shards(out_dir, stage_file, count, output)
         if stats is None:
             raise RuntimeError(f"{command}: the workers exited but some shard of {out_dir}/shards has no .done marker")
         return stats
-    process = None
-    load_s = 0.0
-    n_total = total()
+    sizes = Counter(i % count for i, _ in records())
+    loaded: dict = {}
+
+    def process(batch, stats):
+        if "fn" not in loaded:
+            start = time.monotonic()
+            loaded["fn"] = make_process()
+            loaded["load_s"] = time.monotonic() - start
+        return loaded["fn"](batch, stats)
+
     for shard in shards:
-        expected = sum(1 for i in range(n_total) if shard.owns(i))
-        with tqdm(total=expected, desc=f"{command} shard {shard.index + 1}/{shard.count}", unit="rec", dynamic_ncols=True) as bar:
-            if process is None and not _finished(out_dir, stage_file, shard, expected):
-                start = time.monotonic()
-                process = make_process()
-                load_s = time.monotonic() - start
-            run_shard(records(), out_dir, stage_file, shard, args.batch_size, process or _nothing, bar, kept)
-    stats = merge_shards(out_dir, stage_file, args.num_shards, output)
+        with tqdm(total=sizes[shard.index], desc=f"{command} shard {shard.index + 1}/{shard.count}", unit="rec", dynamic_ncols=True) as bar:
+            run_shard(records(), out_dir, stage_file, shard, args.batch_size, process, bar, kept)
+    stats = merge_shards(out_dir, stage_file, count, output)
     if stats is not None:
-        stats["engine_load_s"] = stats.get("engine_load_s", 0.0) + load_s
+        stats["engine_load_s"] = stats.get("engine_load_s", 0.0) + loaded.get("load_s", 0.0)
     return stats
-
-
-def _finished(out_dir: Path, stage_file: str, shard: Shard, expected: int) -> bool:
-    path = shard.path(out_dir, stage_file)
-    return path.exists() and len(recover(path)) >= expected
-
-
-def _nothing(batch, stats):
-    raise RuntimeError("internal: a finished shard was given work")

@@ -22,7 +22,7 @@ from adamllm.formats import ERROR, PRED, SYN_ID, RecordError, Rejects, iter_json
 from adamllm.images import load_image
 from adamllm.model_io import image_token_count
 from adamllm.prompts import EOS, synthesizer_prompt
-from adamllm.shards import ShardArgs, check_shard_args, run_sharded_stage
+from adamllm.shards import ShardArgs, check_shard_args, input_fingerprint, run_sharded_stage
 from adamllm.stats import update_stats
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,6 @@ def input_records(args: SynthesizeArgs):
         if args.limit and syn_id >= args.limit:
             return
         yield syn_id, record
-
-
-def count_input(args: SynthesizeArgs) -> int:
-    return sum(1 for _ in input_records(args))
 
 
 def rejected(syn_id: int, record, error: RecordError) -> dict:
@@ -178,10 +174,13 @@ def run_synthesize(args: SynthesizeArgs) -> dict | None:
         "synthesize",
         to_argv(args),
         records=lambda: input_records(args),
-        total=lambda: count_input(args),
         out_dir=out_dir,
         stage_file=OUTPUT_FILE,
         make_process=lambda: make_process(args),
+        fingerprint=input_fingerprint(
+            args.data_path, image_folder=str(Path(args.image_folder).resolve()), model=args.model, limit=args.limit,
+            max_new_tokens=args.max_new_tokens, max_model_len=args.max_model_len,
+        ),
         kept=lambda r: r.get(PRED) is not None,
     )
     if costs is None:

@@ -20,11 +20,12 @@ import torch
 from adamllm.formats import RecordError, Rejects, iter_json_records
 from adamllm.images import check_image, open_image, resolve_image_path
 from adamllm.model_io import image_token_count
-from adamllm.prompts import ASSISTANT, USER, Turn, synthesizer_prompt, training_text
+from adamllm.prompts import ASSISTANT, CAPTION_HINT, IMAGE_TAG, USER, Turn, synthesizer_prompt, training_text
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+CAPTION_REQUEST = f"{IMAGE_TAG}\n{CAPTION_HINT}"
 ROLES = {"human": USER, "gpt": ASSISTANT}
 
 
@@ -47,6 +48,9 @@ def _turns(record: dict) -> list[Turn]:
     turns = [Turn(ROLES[t["from"]], t["value"]) for t in conv]
     if [t.role for t in turns] != [USER, ASSISTANT] * (len(turns) // 2) or len(turns) % 2:
         raise RecordError("bad_schema", "turns must alternate human, gpt, starting with human")
+    if turns[0].text != CAPTION_REQUEST:
+        # The masked head is the stage-2 prompt, which asks for the caption in exactly these words.
+        raise RecordError("bad_schema", f"the first human turn must be {CAPTION_REQUEST!r} (as merge-seed writes it)")
     return turns
 
 

@@ -86,3 +86,19 @@ def test_streaming_memory_does_not_grow_with_the_input(tmp_path):
     assert size > 14_000_000
     assert large < size / 3, f"peak {large:,} bytes for a {size:,}-byte input: something holds the input"
     assert large < small * 1.3 + 200_000, f"peak grew from {small:,} to {large:,} bytes with 8x the records"
+
+
+def test_fingerprint_refuses_to_mix_runs(tmp_path):
+    from adamllm.shards import check_fingerprint, input_fingerprint
+
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"a": 1}\n' * 10)
+    first = input_fingerprint(data, model="m", limit=0)
+    check_fingerprint(tmp_path, "stage.jsonl", 2, first)
+    check_fingerprint(tmp_path, "stage.jsonl", 2, input_fingerprint(data, model="m", limit=0))  # same run: resumes
+    with pytest.raises(ValueError, match=r"changed: limit.*new --output_dir"):
+        check_fingerprint(tmp_path, "stage.jsonl", 2, input_fingerprint(data, model="m", limit=5))
+    data.write_text('{"a": 2}\n' * 10)  # same size, other content
+    with pytest.raises(ValueError, match="changed: sha256_head_tail"):
+        check_fingerprint(tmp_path, "stage.jsonl", 2, input_fingerprint(data, model="m", limit=0))
+    check_fingerprint(tmp_path, "stage.jsonl", 3, input_fingerprint(data, model="m", limit=5))  # another sharding: its own files

@@ -78,6 +78,21 @@ def test_one_shard_per_job_then_the_last_merges(tiny_models, pairs, baseline, tm
     assert (tmp_path / "syn_task_triplets.jsonl").read_text() == (baseline[0] / "syn_task_triplets.jsonl").read_text()
 
 
+def test_rerun_with_other_settings_into_the_same_folder_is_refused(tiny_models, pairs, baseline):
+    out, _, records = baseline
+    with pytest.raises(ValueError, match="changed: limit"):
+        run_synthesize(synth_args(tiny_models, pairs, out, limit=5))
+    assert read_jsonl(out / "syn_task_triplets.jsonl") == records
+
+
+def test_filter_input_must_be_in_syn_id_order(tiny_models, tmp_path):
+    rows = [{"syn_id": 1, "pred": None}, {"syn_id": 0, "pred": None}]
+    data = tmp_path / "syn_task_triplets.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="record 1 has syn_id 0"):
+        run_filter(FilterArgs(model=str(tiny_models["checker"]), data_path=str(data), output_dir=str(tmp_path)))
+
+
 def test_transformers_engine_gives_identical_outputs(tiny_models, pairs, baseline, tmp_path):
     run_synthesize(synth_args(tiny_models, pairs, tmp_path, engine="hf", batch_size=4))
     assert read_jsonl(tmp_path / "syn_task_triplets.jsonl") == baseline[2]

@@ -54,7 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.run(args) or 0
+    try:
+        return args.run(args) or 0
+    except ValueError as e:  # bad arguments or data: the message names the flag or record and the fix
+        print(f"adamllm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # the environment or a worker failed
+        print(f"adamllm {args.command}: failed: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
