@@ -327,13 +327,10 @@ def run_sharded_stage(
         if "fn" not in loaded:
             start = time.monotonic()
             loaded["fn"] = make_process()
-            loaded["load_s"] = time.monotonic() - start
+            stats["engine_load_s"] = stats.get("engine_load_s", 0.0) + time.monotonic() - start
         return loaded["fn"](batch, stats)
 
     for shard in shards:
         with tqdm(total=sizes[shard.index], desc=f"{command} shard {shard.index + 1}/{shard.count}", unit="rec", dynamic_ncols=True) as bar:
             run_shard(records(), out_dir, stage_file, shard, args.batch_size, process, bar, kept)
-    stats = merge_shards(out_dir, stage_file, count, output)
-    if stats is not None:
-        stats["engine_load_s"] = stats.get("engine_load_s", 0.0) + loaded.get("load_s", 0.0)
-    return stats
+    return merge_shards(out_dir, stage_file, count, output)
