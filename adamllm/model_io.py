@@ -13,13 +13,16 @@ VISION_PREFIX = "vision_tower."
 VISION_HUB_PREFIX = "vision_tower.vision_model."
 
 
-def load_synthesizer(name_or_path: str, dtype=None):
+def load_synthesizer(name_or_path: str, dtype=None, **kwargs):
     """A LLaVA-NeXT synthesizer and its processor, from the hub or a folder."""
-    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+    return load_synthesizer_model(name_or_path, dtype, **kwargs), load_processor(name_or_path)
 
-    processor = AutoProcessor.from_pretrained(name_or_path)
-    model = LlavaNextForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype or "auto")
-    return model, processor
+
+def load_synthesizer_model(name_or_path: str, dtype=None, **kwargs):
+    """Only the LLaVA-NeXT model (under DeepSpeed ZeRO-3 transformers partitions it while loading)."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    return LlavaNextForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype or "auto", **kwargs)
 
 
 def load_processor(name_or_path: str):

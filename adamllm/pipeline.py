@@ -17,6 +17,7 @@ from pathlib import Path
 from adamllm.consistency import MODES, FilterArgs, run_filter
 from adamllm.consistency import OUTPUT_FILE as FILTERED_FILE
 from adamllm.engines import ENGINES
+from adamllm.formats import STYLES
 from adamllm.posttrain import FormatArgs, run_format
 from adamllm.stats import STATS_FILE, update_stats
 from adamllm.synthesize import OUTPUT_FILE as TRIPLETS_FILE
@@ -44,7 +45,7 @@ class RunArgs:
     mode: str = field(default="generate", metadata={"help": "Filter mode: generate (the paper's) or logprob.", "choices": list(MODES)})
     prompt_file: str = field(default="", metadata={"help": "Your own filter prompt file (with {Q}, {informative_A}, {precise_A})."})
     train_on_syn_only: bool = field(default=False, metadata={"help": "Write only records with a kept synthetic task."})
-    style: str = field(default="llamafactory", metadata={"help": "Output form: llamafactory or llava.", "choices": ["llamafactory", "llava"]})
+    style: str = field(default="llamafactory", metadata={"help": "Output form: llamafactory or llava.", "choices": list(STYLES)})
     seed: int = field(default=42, metadata={"help": "Seed of template choice and caption placement."})
     num_shards: int = field(default=1, metadata={"help": "Shards per stage (several GPUs in CUDA_VISIBLE_DEVICES: one per GPU)."})
     shard_timeout_s: float = field(default=0.0, metadata={"help": "End worker processes still running after this many seconds (0: no limit)."})

@@ -25,6 +25,7 @@ from adamllm.formats import (
     CONSISTENCY,
     PRED,
     SYN_ID,
+    STYLES,
     RecordError,
     Rejects,
     assistant_message,
@@ -103,7 +104,7 @@ class FormatArgs:
     image_folder: str = field(metadata={"help": "Folder the records' image paths are relative to."})
     output: str = field(metadata={"help": "The post-training JSON file to write, e.g. OUT/image_caption_and_synthetic_task.json."})
     train_on_syn_only: bool = field(default=False, metadata={"help": "Keep only records with a kept synthetic task, without their caption task."})
-    style: str = field(default="llamafactory", metadata={"help": "llamafactory: ShareGPT messages + images (paths relative to the output file); llava: LLaVA conversations (paths relative to the image folder).", "choices": ["llamafactory", "llava"]})
+    style: str = field(default="llamafactory", metadata={"help": "llamafactory: ShareGPT messages + images (paths relative to the output file); llava: LLaVA conversations (paths relative to the image folder).", "choices": list(STYLES)})
     seed: int = field(default=42, metadata={"help": "Seed of the per-record template choice and caption placement."})
 
     def __post_init__(self):
@@ -112,7 +113,7 @@ class FormatArgs:
             errors.append(f"--data_path {self.data_path}: no such file")
         if not Path(self.image_folder).is_dir():
             errors.append(f"--image_folder {self.image_folder}: no such folder")
-        if self.style not in ("llamafactory", "llava"):
+        if self.style not in STYLES:
             errors.append(f"--style {self.style}: choose llamafactory or llava")
         if errors:
             raise ValueError("; ".join(errors))

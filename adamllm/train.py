@@ -165,17 +165,16 @@ def prepare_data(data_args: DataArguments, training_args: TrainingArguments) -> 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> dict:
     """Fine-tune and save a synthesizer that vLLM loads; returns the training summary."""
-    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
     from transformers.trainer_utils import get_last_checkpoint
 
-    from adamllm.model_io import to_vllm_layout
+    from adamllm.model_io import load_processor, load_synthesizer_model, to_vllm_layout
     from adamllm.prompts import EOS
     from adamllm.train_data import Collator, SeedDataset
 
     start = time.monotonic()
     out = Path(training_args.output_dir)
     data_path = prepare_data(data_args, training_args)
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
+    processor = load_processor(model_args.model_name_or_path)
     tokenizer = processor.tokenizer
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -187,9 +186,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         raise ValueError(f"no usable training record in {data_path}; see {out / 'train_data.rejects.jsonl'}")
 
     dtype = torch.bfloat16 if training_args.bf16 else torch.float32
-    model = LlavaNextForConditionalGeneration.from_pretrained(
-        model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation
-    )
+    model = load_synthesizer_model(model_args.model_name_or_path, dtype, attn_implementation=model_args.attn_implementation)
     model.config.use_cache = False
     if not model_args.unfreeze_mm_vision_tower:
         for name, param in model.named_parameters():

@@ -9,16 +9,17 @@ from adamllm.engines import EngineArgs, GenParams, Generation, Request
 class HfEngine:
     def __init__(self, args: EngineArgs, multimodal: bool):
         import torch
-        from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, LlavaNextForConditionalGeneration
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from adamllm.model_io import load_synthesizer
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = args.dtype
         if dtype == "auto":
             dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         if multimodal:
-            self.processor = AutoProcessor.from_pretrained(args.model)
+            self.model, self.processor = load_synthesizer(args.model, dtype)
             self.tokenizer = self.processor.tokenizer
-            self.model = LlavaNextForConditionalGeneration.from_pretrained(args.model, dtype=dtype)
         else:
             self.tokenizer = AutoTokenizer.from_pretrained(args.model)
             self.processor = self.tokenizer
