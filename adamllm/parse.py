@@ -51,7 +51,8 @@ def collect_triplet(pairs: list[tuple[str, str]]) -> Triplet | None:
     """The first question asked with both hints, with its two answers; None when there is none.
 
     "First" is the first question whose second variant appears: walking the pairs in order, the
-    triplet is complete as soon as a question has been seen with both hints.
+    triplet is complete as soon as a question has been seen with both hints. A question asked twice
+    with the same hint before that keeps its later answer, as the public release does.
     """
     precise: dict[str, str] = {}
     informative: dict[str, str] = {}
@@ -59,10 +60,10 @@ def collect_triplet(pairs: list[tuple[str, str]]) -> Triplet | None:
     for question, answer in pairs:
         if question.startswith(precise_prefix):
             text = question[len(precise_prefix):]
-            precise.setdefault(text, answer)
+            precise[text] = answer
         elif question.startswith(informative_prefix):
             text = question[len(informative_prefix):]
-            informative.setdefault(text, answer)
+            informative[text] = answer
         else:
             continue
         if text in precise and text in informative:

@@ -114,11 +114,17 @@ def strip_special_tokens(text: str, image_tokens: tuple[str, ...] = (IMAGE_TAG,)
     Returns:
         The cleaned text and the number of pieces removed.
     """
-    cleaned, count = _SPECIAL_TOKEN_TEXT.subn("", text)
-    for token in image_tokens:
-        count += cleaned.count(token)
-        cleaned = cleaned.replace(token, "")
-    return cleaned, count
+    # To a fixed point: removing one piece can join its neighbours into a new one
+    # ("<|eo<|x|>t_id|>" -> "<|eot_id|>"), which a single pass would let through.
+    count = 0
+    while True:
+        text, removed = _SPECIAL_TOKEN_TEXT.subn("", text)
+        for token in image_tokens:
+            removed += text.count(token)
+            text = text.replace(token, "")
+        if not removed:
+            return text, count
+        count += removed
 
 
 def remove_image_tag(text: str) -> str:

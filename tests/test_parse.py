@@ -58,9 +58,13 @@ def test_collect_first_question_seen_with_both_hints():
     assert collect_triplet(pairs) == Triplet(Q="Q2", precise_A="p2", informative_A="i2")
 
 
-def test_collect_keeps_the_first_answer_of_a_repeated_hint():
+def test_collect_keeps_the_later_answer_of_a_repeated_hint():
+    """The release keeps one dict per hint and overwrites it: the later answer wins."""
     pairs = [(P + "Q", "first"), (P + "Q", "second"), (I + "Q", "long")]
-    assert collect_triplet(pairs) == Triplet("Q", "first", "long")
+    assert collect_triplet(pairs) == Triplet("Q", "second", "long")
+    # The answer that completes the triplet is the one just read, even after an earlier repeat.
+    pairs = [(I + "Q", "long 1"), (I + "Q", "long 2"), (P + "Q", "short")]
+    assert collect_triplet(pairs) == Triplet("Q", "short", "long 2")
 
 
 def test_collect_needs_the_hint_and_a_newline():
