@@ -18,7 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamllm.engines import EngineArgs, GenParams, Request, build_engine, check_engine_args
-from adamllm.formats import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, read_jsonl
+from adamllm.formats import (
+    COLLECTED_QA,
+    CONSISTENCY,
+    ERROR,
+    PRED,
+    SYN_ID,
+    RecordError,
+    check_unicode,
+    error_reason,
+    iter_input_records,
+    read_jsonl,
+)
 from adamllm.parse import collect_triplet, parse_pairs, parse_verdict
 from adamllm.prompts import check_filter_template, default_filter_template, filter_prompt
 from adamllm.shards import ShardArgs, check_shard_args, input_fingerprint, run_sharded_stage
@@ -42,7 +53,7 @@ class FilterArgs(EngineArgs, ShardArgs):
     prefix_caching: bool = field(default=True, metadata={"help": "vLLM: serve the shared instruction + examples of every prompt from the prefix cache."})
 
     def __post_init__(self):
-        errors = check_engine_args(self) + check_shard_args(self)
+        errors = check_engine_args(self, "checker") + check_shard_args(self)
         for name in ("data_path", "output_dir"):
             if not getattr(self, name):
                 errors.append(f"--{name} is required")
@@ -50,14 +61,8 @@ class FilterArgs(EngineArgs, ShardArgs):
             errors.append(f"--data_path {self.data_path}: no such file")
         if self.mode not in MODES:
             errors.append(f"--mode {self.mode}: choose generate or logprob")
-        if self.prompt_file:
-            if not Path(self.prompt_file).is_file():
-                errors.append(f"--prompt_file {self.prompt_file}: no such file")
-            else:
-                try:
-                    check_filter_template(Path(self.prompt_file).read_text(encoding="utf-8"))
-                except ValueError as e:
-                    errors.append(f"--prompt_file {self.prompt_file}: {e}")
+        if self.prompt_file and (problem := check_prompt_file(self.prompt_file)):
+            errors.append(problem)
         if errors:
             raise ValueError("; ".join(errors))
 
@@ -65,8 +70,23 @@ class FilterArgs(EngineArgs, ShardArgs):
         return Path(self.prompt_file).read_text(encoding="utf-8") if self.prompt_file else default_filter_template()
 
 
+def check_prompt_file(path: str) -> str:
+    """"" when `path` is a usable filter prompt file, else what is wrong with it."""
+    if not Path(path).is_file():
+        return f"--prompt_file {path}: no such file"
+    try:
+        check_filter_template(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # a UnicodeDecodeError is a ValueError
+        return f"--prompt_file {path}: {e}"
+    return ""
+
+
 def collect(record: dict) -> dict:
     """The record with its triplet collected from `pred` (null when there is none)."""
+    try:
+        check_unicode(record)
+    except RecordError as e:
+        return {**record, COLLECTED_QA: None, CONSISTENCY: None, ERROR: {"reason": e.reason, "detail": e.detail}}
     pred = record.get(PRED)
     triplet = collect_triplet(parse_pairs(pred)) if isinstance(pred, str) else None
     out = {**record, COLLECTED_QA: triplet.to_dict() if triplet else None, CONSISTENCY: None}
@@ -89,7 +109,7 @@ def make_process(args: FilterArgs):
     # A run whose records hold no triplet at all (a failed synthesis) never pays for loading the
     # checker; the scan stops at the first triplet, so it costs nothing otherwise.
     engine = params = None
-    if any(collect(r)[COLLECTED_QA] is not None for r in read_jsonl(args.data_path)):
+    if any(isinstance(r, dict) and collect(r)[COLLECTED_QA] is not None for r in read_jsonl(args.data_path)):
         engine = build_engine(args, multimodal=False, prefix_caching=args.prefix_caching)
         eos = [engine.tokenizer.eos_token_id]
         if args.mode == "logprob":
@@ -129,7 +149,7 @@ def tally(output: Path) -> dict:
         if record[CONSISTENCY] is not None:
             verdicts[record[CONSISTENCY]] += 1
         else:
-            missing[record.get(ERROR, {}).get("reason", "unknown")] += 1
+            missing[error_reason(record) or "unknown"] += 1
     kept = verdicts["yes"]
     judged = sum(verdicts.values())
     return {
@@ -149,7 +169,7 @@ def run_filter(args: FilterArgs) -> dict | None:
 
     def records():
         last = -1
-        for index, record in enumerate(read_jsonl(args.data_path)):
+        for index, record in enumerate(iter_input_records(args.data_path)):
             syn_id = record.get(SYN_ID) if isinstance(record, dict) else None
             if not isinstance(syn_id, int) or syn_id <= last:
                 raise ValueError(

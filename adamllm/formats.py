@@ -13,8 +13,12 @@ Files on disk are the hand-over between stages:
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -27,6 +31,8 @@ PRED = "pred"
 COLLECTED_QA = "collected_QA"
 CONSISTENCY = "consistency"
 ERROR = "error"  # {"reason", "detail"} of a record a stage could not use
+
+log = logging.getLogger(__name__)
 
 
 class RecordError(ValueError):
@@ -44,7 +50,7 @@ def iter_json_records(path: str | os.PathLike) -> Iterator[Any]:
 
     A JSON list is decoded item by item from a buffered read, so memory holds one record, not the
     file: inputs of a million pairs are the normal case. Raises ValueError naming the file and the
-    offset when the file is not valid JSON.
+    offset when the file is not valid JSON, text included that follows the list.
     """
     with open(path, encoding="utf-8") as fh:
         head = _skip_space(fh)
@@ -94,6 +100,7 @@ def _iter_json_array(fh, path, chunk_size: int = 1 << 20) -> Iterator[Any]:
             buf, offset, i = buf[i:] + more, offset + i, 0
         buf, offset = buf[i:], offset + i
         if buf.startswith("]"):
+            _check_nothing_after(fh, buf[1:], offset + 1, path)
             return
         if not buf and eof:
             raise ValueError(f"{path}: the JSON list is not closed with ']'")
@@ -108,6 +115,32 @@ def _iter_json_array(fh, path, chunk_size: int = 1 << 20) -> Iterator[Any]:
             continue
         yield item
         buf, offset = buf[end:], offset + end
+
+
+def _check_nothing_after(fh, rest: str, offset: int, path, chunk_size: int = 1 << 20) -> None:
+    """Text after the closing ']' would be silently ignored (a second list pasted on, garbage)."""
+    while True:
+        stripped = rest.lstrip()
+        if stripped:
+            at = offset + len(rest) - len(stripped)
+            raise ValueError(
+                f"{path}: unexpected text after the JSON list at character {at} ({stripped[:20]!r}); "
+                "a file holds one JSON list (or one JSON record per line)"
+            )
+        offset += len(rest)
+        rest = fh.read(chunk_size)
+        if not rest:
+            return
+
+
+def iter_input_records(path: str | os.PathLike) -> Iterator[Any]:
+    """A stage's input records (`iter_json_records`), with a warning when the file holds none."""
+    count = 0
+    for record in iter_json_records(path):
+        count += 1
+        yield record
+    if not count:
+        log.warning("%s holds no records: nothing to do", path)
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
@@ -127,6 +160,7 @@ class CaptionPair:
 
 def parse_caption_pair(record: Any) -> CaptionPair:
     """Check a stage-2 input record's schema and read it; raise RecordError saying what is wrong."""
+    check_unicode(record)
     if not isinstance(record, dict):
         raise RecordError("bad_schema", f"a record must be a JSON object, got {type(record).__name__}")
     images = record.get("images")
@@ -160,34 +194,137 @@ def parse_caption_pair(record: Any) -> CaptionPair:
     )
 
 
+def check_unicode(record: Any) -> None:
+    """Raise RecordError when a record holds text that is not valid Unicode.
+
+    JSON lets an input spell a lone surrogate (`"\\ud800"`): Python reads it, but a tokenizer, a
+    file path or a UTF-8 file cannot take it, so such a record is rejected, naming the field.
+    """
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecordError("invalid_unicode", f"{_bad_text_field(record, 'the record')} holds a lone surrogate (invalid Unicode); fix its escapes in the input file") from None
+
+
+def _bad_text_field(value: Any, where: str) -> str:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _bad_text_field(key, f"{where}: a key") or _bad_text_field(item, f"{where}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _bad_text_field(item, f"{where}[{i}]")
+            if found:
+                return found
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+    return ""
+
+
+def describe_os_error(error: OSError) -> str:
+    """An OS error as a person reads it: the path(s) and the cause, no traceback."""
+    where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
+    cause = error.strerror or str(error)
+    return f"{where}: {cause}" if where else cause
+
+
+def error_reason(record: Any) -> str:
+    """The `error.reason` a stage recorded, or "" (hand-edited files may hold null or a string)."""
+    error = record.get(ERROR) if isinstance(record, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("reason"), str):
+        return error["reason"]
+    return ""
+
+
 # --- writing ---------------------------------------------------------------------------------------
+def json_line(obj: Any, **kwargs: Any) -> str:
+    """JSON text that a UTF-8 file can hold: readable Unicode, or ASCII escapes when the object holds
+    a lone surrogate (a rejected record is still written whole, never lost to an encoding error)."""
+    text = json.dumps(obj, ensure_ascii=False, **kwargs)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, **kwargs)
+    return text
+
+
+# Temp files are named NAME.tmp<pid>: per process, as shard workers write side by side.
+_TMP = re.compile(r"\.tmp(\d+)$")
+STALE_TMP_AGE_S = 60  # on a shared file system a live writer on another node has a pid we cannot see
+
+
+def tmp_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp{os.getpid()}")
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Any]:
+    """Write a text file through a temp file renamed into place: readers never see half a file, and
+    a write that fails (disk full) leaves neither the temp file nor a damaged target behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            yield fh
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def clean_stale_tmp(folder: str | os.PathLike) -> int:
+    """Delete the temp files a killed run left in `folder` (and its shards/); returns how many."""
+    removed = 0
+    folder = Path(folder)
+    for tmp in [*folder.glob("*.tmp*"), *folder.glob("shards/*.tmp*")]:
+        match = _TMP.search(tmp.name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_TMP_AGE_S:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    if removed:
+        log.info("%s: removed %d temp file(s) left by an interrupted run", folder, removed)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_json_list(path: str | os.PathLike, records: Iterable[Any]) -> int:
     """Write records as a JSON list, one per line, streaming; atomic (a temp file, then rename).
 
     Returns the number of records written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_write(path) as fh:
         fh.write("[")
         for record in records:
             fh.write(",\n" if count else "\n")
-            fh.write(json.dumps(record, ensure_ascii=False))
+            fh.write(json_line(record))
             count += 1
         fh.write("\n]\n")
-    os.replace(tmp, path)
     return count
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """A small JSON document (summaries, arguments), indented for people, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # per process: shard workers write side by side
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as fh:
+        fh.write(json_line(obj, indent=2) + "\n")
 
 
 @dataclass
@@ -206,7 +343,7 @@ class Rejects:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "w", encoding="utf-8")
         row = {**where, "reason": reason, "detail": detail, "record": record}
-        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._fh.write(json_line(row) + "\n")
         self.counts[reason] += 1
 
     @property

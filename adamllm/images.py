@@ -30,12 +30,16 @@ def resolve_image_path(image_folder: str | os.PathLike, relative: str) -> Path:
         raise RecordError("unsafe_image_path", f"image path {relative!r} is absolute; give it relative to the image folder")
     if ".." in Path(relative).parts:
         raise RecordError("unsafe_image_path", f"image path {relative!r} climbs out of the image folder with '..'")
-    folder = Path(image_folder).resolve()
-    target = (folder / relative).resolve()
-    if not target.is_relative_to(folder):
-        raise RecordError("unsafe_image_path", f"image path {relative!r} is a symlink that leads out of the image folder")
-    if not target.is_file():
-        raise RecordError("image_missing", f"no image file {relative!r} in {image_folder}")
+    try:
+        folder = Path(image_folder).resolve()
+        target = (folder / relative).resolve()
+        if not target.is_relative_to(folder):
+            raise RecordError("unsafe_image_path", f"image path {relative!r} is a symlink that leads out of the image folder")
+        if not target.is_file():
+            raise RecordError("image_missing", f"no image file {relative!r} in {image_folder}")
+    except (OSError, RuntimeError) as e:  # a name too long; a symlink loop (RuntimeError before Python 3.13)
+        detail = getattr(e, "strerror", None) or "a symlink loop"
+        raise RecordError("unsafe_image_path", f"image path {relative[:200]!r} cannot be resolved ({detail})") from None
     return target
 
 
@@ -44,16 +48,62 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
 
     The pixel count is checked from the header, before any pixel is decoded.
     """
-    return _read(path, max_pixels, lambda im: (im.load(), im.convert("RGB"))[1])
+    try:
+        image = _read(path, max_pixels, lambda im: (im.load(), im.convert("RGB"))[1])
+    except RecordError as e:
+        _remember(path, max_pixels, e)
+        raise
+    _remember(path, max_pixels, image.size)
+    return image
 
 
 def check_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
-    """Check that a file is an image within the pixel cap, without decoding its pixels; its size.
+    """Check that a file decodes whole as an image within the pixel cap; its (width, height).
 
-    For stages that only hand the path on (merging, formatting); `open_image` for stages that use
-    the pixels.
+    For stages that only hand the path on (merging, formatting, the training set's admission). Every
+    pixel is decoded, because a header can be intact while the data is cut short (a truncated JPEG
+    passes `verify()`, then fails the trainer or the post-training user). Each file is decoded once
+    per process: the verdict is kept by path, size and modification time.
     """
-    return _read(path, max_pixels, lambda im: (im.verify(), im.size)[1])
+    key = _key(path, max_pixels)
+    known = _DECODED.get(key) if key else None
+    if known is None:
+        try:
+            known = _read(path, max_pixels, lambda im: (im.load(), im.size)[1])
+        except RecordError as e:
+            known = e
+        _remember(path, max_pixels, known)
+    if isinstance(known, RecordError):
+        raise RecordError(known.reason, known.detail)
+    return known
+
+
+def image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """An image's (width, height) from its header alone, within the pixel cap: to plan work before
+    decoding (which `open_image` or `check_image` then does)."""
+    return _read(path, max_pixels, lambda im: im.size)
+
+
+# Verdicts of full decodes: (path, size, mtime, cap) -> (width, height) or the RecordError.
+_DECODED: dict[tuple, tuple[int, int] | RecordError] = {}
+_DECODED_MAX = 1 << 20
+
+
+def _key(path, max_pixels: int) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # nothing to remember: the read itself reports the error
+    return (str(path), st.st_size, st.st_mtime_ns, max_pixels)
+
+
+def _remember(path, max_pixels: int, verdict) -> None:
+    key = _key(path, max_pixels)
+    if key is None:
+        return
+    if len(_DECODED) >= _DECODED_MAX:
+        _DECODED.clear()
+    _DECODED[key] = verdict
 
 
 def _read(path, max_pixels: int, use):

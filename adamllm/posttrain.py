@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from adamllm.formats import (
     Rejects,
     assistant_message,
     dataset_info_entry,
-    iter_json_records,
+    iter_input_records,
     llava_record,
     parse_caption_pair,
     sharegpt_record,
@@ -91,7 +90,7 @@ def kept_triplet(record: dict) -> tuple[Triplet | None, str]:
         return None, "bad_collected_QA"
     verdict = record.get(CONSISTENCY)
     if verdict != "yes":
-        return None, f"consistency_{verdict or 'missing'}"
+        return None, f"consistency_{verdict if verdict and isinstance(verdict, str) else 'missing'}"
     clean = {k: strip_special_tokens(qa[k])[0].strip() for k in ("Q", "precise_A", "informative_A")}
     if not all(clean.values()):
         return None, "bad_collected_QA"
@@ -133,13 +132,23 @@ class FormatSummary:
     rejects_file: str = ""
 
 
-def build_record(record: dict, index: int, args: FormatArgs, out_dir: Path, summary: FormatSummary) -> dict | None:
+def record_syn_id(record: dict, index: int, seen: set[int]) -> int:
+    """The record's syn_id (its index in a file without them); RecordError when unusable or repeated."""
+    syn_id = record.get(SYN_ID, index)
+    if not isinstance(syn_id, int) or isinstance(syn_id, bool) or syn_id < 0:
+        raise RecordError("bad_schema", f"syn_id {syn_id!r} is not a record number (an integer >= 0)")
+    if syn_id in seen:
+        raise RecordError("duplicate_syn_id", f"syn_id {syn_id} was already formatted from an earlier record; this repeat is left out")
+    seen.add(syn_id)
+    return syn_id
+
+
+def build_record(record: dict, index: int, args: FormatArgs, out_dir: Path, summary: FormatSummary, seen: set[int]) -> dict | None:
     """One post-training record, or None when the record has nothing to train on (syn-only mode)."""
     pair = parse_caption_pair(record)
-    image_path = resolve_image_path(args.image_folder, pair.image)
-    check_image(image_path)
+    check_image(resolve_image_path(args.image_folder, pair.image))
+    syn_id = record_syn_id(record, index, seen)
     summary.special_tokens_stripped += pair.stripped_special_tokens
-    syn_id = record.get(SYN_ID, index)
     rng = record_rng(args.seed, syn_id)
 
     triplet, missing = kept_triplet(record)
@@ -177,12 +186,13 @@ def run_format(args: FormatArgs) -> FormatSummary:
     stem = output.name.removesuffix(".json")
     rejects = Rejects(out_dir / f"{stem}.rejects.jsonl")
     summary = FormatSummary(output=str(output))
+    seen: set[int] = set()  # syn_ids formatted so far: a few bytes each, even for millions of records
 
     def records():
-        for index, record in enumerate(tqdm(iter_json_records(args.data_path), desc="format", unit="rec")):
+        for index, record in enumerate(tqdm(iter_input_records(args.data_path), desc="format", unit="rec")):
             summary.records_in += 1
             try:
-                built = build_record(record, index, args, out_dir, summary)
+                built = build_record(record, index, args, out_dir, summary, seen)
             except RecordError as e:
                 rejects.add(e.reason, e.detail, record, index=index)
                 continue

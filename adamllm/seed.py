@@ -15,14 +15,13 @@ image is swapped for a blank one, so the synthesizer learns to lean on the capti
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from adamllm.formats import RecordError, Rejects, iter_json_records, write_json, write_json_list
+from adamllm.formats import RecordError, Rejects, check_unicode, iter_input_records, write_json, write_json_list
 from adamllm.images import check_image, ensure_blank_image, resolve_image_path
 from adamllm.prompts import (
     CAPTION_HINT,
@@ -35,7 +34,7 @@ from adamllm.prompts import (
 
 log = logging.getLogger(__name__)
 
-DEV_SHARE = 0.1
+TRAIN_SHARE = 0.9  # of each task's images; the rest is dev
 SOURCES = ("caption", "precise", "informative")
 
 
@@ -73,12 +72,17 @@ class SeedImage:
 
     caption: str | None = None
     task_name: str | None = None
+    # The path each file names it by: one file naming two different paths with this base name means
+    # two different images that the join on base names would merge.
+    paths: dict[str, str] = field(default_factory=dict)
+    ambiguous: str = ""
     precise: list[tuple[str, str]] = field(default_factory=list)
     informative: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _turns(record: object) -> tuple[str, str, str]:
     """(base name, human text, gpt text) of a seed record; RecordError when malformed."""
+    check_unicode(record)
     if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not record["image"]:
         raise RecordError("bad_schema", 'a seed record must be an object with an "image" path')
     conv = record.get("conversations")
@@ -93,12 +97,25 @@ def _clean(text: str, counter: Counter) -> str:
     return cleaned.strip()
 
 
+def _names_another_image(seed_image: SeedImage, source: str, image: str, name: str) -> bool:
+    """Whether this usable record names its base name by another path than the file did before:
+    then two images share the name, and joining on it would mix their tasks."""
+    path = os.path.normpath(image)
+    first = seed_image.paths.setdefault(source, path)
+    if first == path:
+        return False
+    seed_image.ambiguous = seed_image.ambiguous or (
+        f"the {source} file names two images {first!r} and {path!r} with the base name {name!r}"
+    )
+    return True
+
+
 def read_seed(args: MergeSeedArgs, rejects: Rejects, counts: Counter) -> dict[str, SeedImage]:
     """Gather the three files by image base name; malformed records go to the rejects file."""
     images: dict[str, SeedImage] = {}
     paths = {"caption": args.caption_path, "precise": args.precise_qa_path, "informative": args.informative_qa_path}
     for source, path in paths.items():
-        for index, record in enumerate(iter_json_records(path)):
+        for index, record in enumerate(iter_input_records(path)):
             counts[f"{source}_records"] += 1
             try:
                 name, human, gpt = _turns(record)
@@ -109,9 +126,11 @@ def read_seed(args: MergeSeedArgs, rejects: Rejects, counts: Counter) -> dict[st
                     caption = _clean(caption, counts)
                     if not caption:
                         raise RecordError("no_caption", "the caption is empty")
-                    if seed_image.caption is not None:
-                        raise RecordError("duplicate_caption", f"a second caption for image {name}; the first is kept")
-                    seed_image.caption = caption
+                    # A caption of another image with the same name is no duplicate: both images are dropped.
+                    if not _names_another_image(seed_image, source, record["image"], name):
+                        if seed_image.caption is not None:
+                            raise RecordError("duplicate_caption", f"a second caption for image {name}; the first is kept")
+                        seed_image.caption = caption
                 else:
                     question, answer = _clean(remove_image_tag(human), counts), _clean(gpt, counts)
                     if not question or not answer:
@@ -124,6 +143,7 @@ def read_seed(args: MergeSeedArgs, rejects: Rejects, counts: Counter) -> dict[st
                         seed_image.precise.append((question, answer))
                     else:
                         seed_image.informative.append((question, answer))
+                    _names_another_image(seed_image, source, record["image"], name)
                 images[name] = seed_image
             except RecordError as e:
                 rejects.add(e.reason, e.detail, record, source=source, file=str(path), index=index)
@@ -131,6 +151,8 @@ def read_seed(args: MergeSeedArgs, rejects: Rejects, counts: Counter) -> dict[st
 
 
 def drop_reason(seed_image: SeedImage) -> str:
+    if seed_image.ambiguous:
+        return "ambiguous_image_name"
     if seed_image.caption is None:
         return "no_caption"
     if not seed_image.precise:
@@ -141,12 +163,15 @@ def drop_reason(seed_image: SeedImage) -> str:
 
 
 def split_by_task(names_by_task: dict[str, list[str]], seed: int) -> dict[str, str]:
-    """Each image's split: within each task, a seeded 90% (rounded up) to train, the rest to dev."""
+    """Each image's split: within each task, a seeded floor(0.9 n) to train, the rest to dev.
+
+    The floor is the release's (`int(0.9 * n)`): a task of 41 images puts 36 in train, 5 in dev.
+    """
     split = {}
     for task in sorted(names_by_task):
         names = sorted(names_by_task[task])
         random.Random(f"adamllm-split:{seed}:{task}").shuffle(names)
-        n_train = math.ceil(len(names) * (1 - DEV_SHARE))
+        n_train = int(TRAIN_SHARE * len(names))
         split.update({n: "train" for n in names[:n_train]})
         split.update({n: "dev" for n in names[n_train:]})
     return split
@@ -187,7 +212,8 @@ def run_merge_seed(args: MergeSeedArgs) -> dict:
                 reason = e.reason
         if reason:
             dropped[reason] += 1
-            rejects.add(reason, f"image {name} is not used", None, source="merge", image=name, task_name=seed_image.task_name)
+            detail = seed_image.ambiguous or f"image {name} is not used"
+            rejects.add(reason, detail, None, source="merge", image=name, task_name=seed_image.task_name)
         else:
             joined[seed_image.task_name].append(name)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from adamllm.formats import SYN_ID, read_jsonl, write_json
+from adamllm.formats import SYN_ID, atomic_write, clean_stale_tmp, json_line, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class ShardWriter:
         self._fh = open(path, "a", encoding="utf-8")
 
     def write(self, records: Iterable[dict]) -> None:
-        self._fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self._fh.write("".join(json_line(r) + "\n" for r in records))
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
@@ -108,10 +108,9 @@ def merge_shards(out_dir: Path, stage_file: str, count: int, output: Path) -> di
         return None
     expected = sum(json.loads(m.read_text())["records"] for m in markers)
     stats = [json.loads(stats_file(p).read_text()) for p in shards if stats_file(p).exists()]
-    tmp = output.with_name(output.name + f".tmp{os.getpid()}")
     seen = 0
     last = -1
-    with open(tmp, "w", encoding="utf-8") as out:
+    with atomic_write(output) as out:
         for record in heapq.merge(*(read_jsonl(p) for p in shards), key=lambda r: r[SYN_ID]):
             if record[SYN_ID] <= last:
                 raise RuntimeError(
@@ -119,12 +118,10 @@ def merge_shards(out_dir: Path, stage_file: str, count: int, output: Path) -> di
                     "the stage's input must hold each syn_id once, in increasing order"
                 )
             last = record[SYN_ID]
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.write(json_line(record) + "\n")
             seen += 1
-    if seen != expected:
-        tmp.unlink()
-        raise RuntimeError(f"{output}: the shards hold {seen} records but reported {expected}; rerun the stage to repair")
-    os.replace(tmp, output)
+        if seen != expected:
+            raise RuntimeError(f"{output}: the shards hold {seen} records but reported {expected}; rerun the stage to repair")
     return sum_stats(stats)
 
 
@@ -235,6 +232,7 @@ class ShardArgs:
     num_shards: int = field(default=1, metadata={"help": "Split the records into K shards (record i in shard i % K)."})
     shard_index: int = field(default=-1, metadata={"help": "Run only shard I (a worker, or a cluster job); -1: one worker per GPU in CUDA_VISIBLE_DEVICES, else every shard here."})
     shard_timeout_s: float = field(default=0.0, metadata={"help": "End worker processes still running after this many seconds (0: no limit)."})
+    overwrite: bool = field(default=False, metadata={"help": "When OUTPUT_DIR/shards holds this stage's results for another input or other settings, delete them and start the stage over (results for the same input and settings are always resumed)."})
 
 
 def check_shard_args(args: ShardArgs) -> list[str]:
@@ -263,33 +261,48 @@ def plan(args) -> tuple[list[Shard], list[str]]:
 
 
 def input_fingerprint(path: str | Path, **settings) -> dict:
-    """What a stage's results depend on: its input file (path, size, a hash of its head and tail) and
-    the settings that change the output (model, limits, prompt)."""
+    """What a stage's results depend on: its input file (path, size, a hash of all its bytes) and
+    the settings that change the output (model, limits, prompt).
+
+    The whole file is hashed, streamed: an edit anywhere, even one that keeps the size, is seen.
+    """
     p = Path(path)
-    size = p.stat().st_size
     digest = hashlib.sha256()
     with open(p, "rb") as fh:
-        digest.update(fh.read(1 << 16))
-        if size > 1 << 16:
-            fh.seek(max(size - (1 << 16), 1 << 16))
-            digest.update(fh.read())
-    return {"input": str(p.resolve()), "size": size, "sha256_head_tail": digest.hexdigest(), **settings}
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return {"input": str(p.resolve()), "size": p.stat().st_size, "sha256": digest.hexdigest(), **settings}
 
 
-def check_fingerprint(out_dir: Path, stage_file: str, count: int, fingerprint: dict) -> None:
-    """Refuse to resume shards written for other input or settings: their records would leak in."""
+def _complete_lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(line.endswith(b"\n") for line in fh)
+
+
+def check_fingerprint(out_dir: Path, stage_file: str, count: int, fingerprint: dict, overwrite: bool = False) -> None:
+    """Refuse to resume shards written for other input or settings: their records would leak in.
+
+    Shards that hold no finished record yet (a run that failed before its first batch, say on a
+    wrong model name) are simply started over; `overwrite` starts over whatever they hold.
+    """
     stem = stage_file.removesuffix(".jsonl")
-    path = Path(out_dir) / "shards" / f"{stem}.input-of-{count:03d}.json"
+    folder = Path(out_dir) / "shards"
+    path = folder / f"{stem}.input-of-{count:03d}.json"
     if path.exists():
         old = json.loads(path.read_text())
         changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
         if changed:
-            raise ValueError(
-                f"{path.parent} holds {stem} results for another input or other settings (changed: {', '.join(changed)}); "
-                f"use a new --output_dir, or delete {path.parent} to start over"
-            )
-    else:
-        write_json(path, fingerprint)
+            finished = sum(_complete_lines(p) for p in folder.glob(f"{stem}.*-of-*.jsonl"))
+            if finished and not overwrite:
+                raise ValueError(
+                    f"{folder} holds {finished} {stem} records written for another input or other settings "
+                    f"(changed: {', '.join(changed)}). To start this stage over, pass --overwrite or delete "
+                    f"{folder}/{stem}.* ; or use a new --output_dir"
+                )
+            for old_file in folder.glob(f"{stem}.*"):
+                old_file.unlink()
+            log.info("%s: starting %s over (%d finished records of other settings deleted)", folder, stem, finished)
+    write_json(path, fingerprint)
 
 
 def run_sharded_stage(
@@ -313,7 +326,8 @@ def run_sharded_stage(
     output = Path(out_dir) / stage_file
     shards, devices = plan(args)
     count = len(devices) or args.num_shards
-    check_fingerprint(out_dir, stage_file, count, fingerprint)
+    clean_stale_tmp(out_dir)
+    check_fingerprint(out_dir, stage_file, count, fingerprint, args.overwrite)
     if devices:
         launch_shards([command, *argv], devices, args.shard_timeout_s or None)
         stats = merge_shards(out_dir, stage_file, count, output)

@@ -11,15 +11,26 @@ record could not be used (those also go to OUT/syn_task_triplets.rejects.jsonl).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamllm.engines import EngineArgs, GenParams, Request, build_engine, check_engine_args
-from adamllm.formats import ERROR, PRED, SYN_ID, RecordError, Rejects, iter_json_records, parse_caption_pair, read_jsonl
-from adamllm.images import load_image
+from adamllm.formats import (
+    ERROR,
+    PRED,
+    SYN_ID,
+    RecordError,
+    Rejects,
+    atomic_write,
+    error_reason,
+    iter_input_records,
+    json_line,
+    parse_caption_pair,
+    read_jsonl,
+)
+from adamllm.images import image_size, open_image, resolve_image_path
 from adamllm.model_io import image_token_count
 from adamllm.prompts import EOS, synthesizer_prompt
 from adamllm.shards import ShardArgs, check_shard_args, input_fingerprint, run_sharded_stage
@@ -39,9 +50,10 @@ class SynthesizeArgs(EngineArgs, ShardArgs):
     max_new_tokens: int = field(default=512, metadata={"help": "Most tokens the synthesizer writes per record."})
     limit: int = field(default=0, metadata={"help": "Only the first N records (0: all). Replaces the release's --stop."})
     dry_run: bool = field(default=False, metadata={"help": "Load only the processor; write OUTPUT_DIR/prompts.jsonl with exactly what the model would see."})
+    max_batch_pixels: int = field(default=256_000_000, metadata={"help": "Most decoded image pixels held at once: a batch whose images hold more goes to the engine in parts (the model sees the same images; memory is ~3 bytes a pixel)."})
 
     def __post_init__(self):
-        errors = check_engine_args(self) + check_shard_args(self)
+        errors = check_engine_args(self, "synthesizer") + check_shard_args(self)
         for name in ("data_path", "image_folder", "output_dir"):
             if not getattr(self, name):
                 errors.append(f"--{name} is required")
@@ -51,13 +63,15 @@ class SynthesizeArgs(EngineArgs, ShardArgs):
             errors.append(f"--image_folder {self.image_folder}: no such folder")
         if self.limit < 0:
             errors.append(f"--limit {self.limit}: must be >= 0")
+        if self.max_batch_pixels < 1:
+            errors.append(f"--max_batch_pixels {self.max_batch_pixels}: must be >= 1 (an image larger than this goes to the engine alone)")
         if errors:
             raise ValueError("; ".join(errors))
 
 
 def input_records(args: SynthesizeArgs):
     """(syn_id, record) for the input, up to --limit."""
-    for syn_id, record in enumerate(iter_json_records(args.data_path)):
+    for syn_id, record in enumerate(iter_input_records(args.data_path)):
         if args.limit and syn_id >= args.limit:
             return
         yield syn_id, record
@@ -68,6 +82,17 @@ def rejected(syn_id: int, record, error: RecordError) -> dict:
     return {**base, SYN_ID: syn_id, PRED: None, ERROR: {"reason": error.reason, "detail": error.detail}}
 
 
+@dataclass
+class Planned:
+    """A record checked and rendered, its image not yet decoded (that waits for its engine batch)."""
+
+    prompt: str
+    image_path: Path
+    pixels: int
+    max_tokens: int
+    special_tokens_stripped: int
+
+
 class Prompter:
     """Turns an input record into the synthesizer's request, or a RecordError saying why it can't."""
 
@@ -76,13 +101,15 @@ class Prompter:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.args = args
 
-    def request(self, record) -> Request:
+    def plan(self, record) -> Planned:
+        """Everything but the pixels: schema, image path and header, prompt, room left for output."""
         pair = parse_caption_pair(record)
-        image = load_image(self.args.image_folder, pair.image)
+        path = resolve_image_path(self.args.image_folder, pair.image)
+        width, height = image_size(path)
         prompt = synthesizer_prompt(pair.caption, self.processor.image_token)
         # The prompt's length once the image token expands into the image's patches.
         text_tokens = len(self.tokenizer(prompt).input_ids) - 1
-        image_tokens = image_token_count(self.processor, image.width, image.height)
+        image_tokens = image_token_count(self.processor, width, height)
         room = self.args.max_model_len - text_tokens - image_tokens
         if room < 1:
             raise RecordError(
@@ -90,7 +117,25 @@ class Prompter:
                 f"{text_tokens + image_tokens} prompt tokens ({image_tokens} for the image) leave no room under "
                 f"--max_model_len {self.args.max_model_len}; shorten the caption or raise --max_model_len",
             )
-        return Request(prompt=prompt, image=image, max_tokens=min(room, self.args.max_new_tokens))
+        return Planned(prompt, path, width * height, min(room, self.args.max_new_tokens), pair.stripped_special_tokens)
+
+    def request(self, planned: Planned) -> Request:
+        """The engine request: the planned prompt with its image decoded whole (RecordError if it can't be)."""
+        return Request(prompt=planned.prompt, image=open_image(planned.image_path), max_tokens=planned.max_tokens)
+
+
+def pixel_groups(items: list, pixels, limit: int) -> list[list]:
+    """Consecutive groups of `items` whose `pixels(item)` add up to at most `limit` (one item at least)."""
+    groups, group, total = [], [], 0
+    for item in items:
+        if group and total + pixels(item) > limit:
+            groups.append(group)
+            group, total = [], 0
+        group.append(item)
+        total += pixels(item)
+    if group:
+        groups.append(group)
+    return groups
 
 
 def make_process(args: SynthesizeArgs):
@@ -106,16 +151,31 @@ def make_process(args: SynthesizeArgs):
     # LLaVA-NeXT-8B) declare <|eot_id|> as EOS, which would end the output after its first question.
     eos = [engine.tokenizer.convert_tokens_to_ids(EOS)]
 
+    params = GenParams(max_tokens=args.max_new_tokens, stop_token_ids=eos)
+
     def process(batch, stats):
-        out, todo = {}, []
+        out, planned = {}, []
         for syn_id, record in batch:
             try:
-                todo.append((syn_id, record, prompter.request(record)))
+                plan = prompter.plan(record)
             except RecordError as e:
                 out[syn_id] = rejected(syn_id, record, e)
-        if todo:
+                continue
+            planned.append((syn_id, record, plan))
+            stats["special_tokens_stripped"] = stats.get("special_tokens_stripped", 0) + plan.special_tokens_stripped
+        # Decoded images are held only for their part of the batch: a batch of huge scans is cut in
+        # parts by total pixels, each request still sees its own image whole.
+        for group in pixel_groups(planned, lambda item: item[2].pixels, args.max_batch_pixels):
+            todo = []
+            for syn_id, record, plan in group:
+                try:
+                    todo.append((syn_id, record, prompter.request(plan)))
+                except RecordError as e:
+                    out[syn_id] = rejected(syn_id, record, e)
+            if not todo:
+                continue
             start = time.monotonic()
-            generations = engine.generate([r for _, _, r in todo], GenParams(max_tokens=args.max_new_tokens, stop_token_ids=eos))
+            generations = engine.generate([r for _, _, r in todo], params)
             stats["engine_s"] = stats.get("engine_s", 0.0) + time.monotonic() - start
             for (syn_id, record, _), gen in zip(todo, generations):
                 out[syn_id] = {**record, SYN_ID: syn_id, PRED: gen.text}
@@ -134,18 +194,23 @@ def dry_run(args: SynthesizeArgs) -> dict:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rejects = Rejects(out_dir / "prompts.rejects.jsonl")
-    written = 0
-    with open(out_dir / PROMPTS_FILE, "w", encoding="utf-8") as fh:
+    written = stripped = 0
+    with atomic_write(out_dir / PROMPTS_FILE) as fh:
         for syn_id, record in input_records(args):
             try:
-                request = prompter.request(record)
+                plan = prompter.plan(record)
+                prompter.request(plan)  # decodes the image whole, as a real run would
             except RecordError as e:
                 rejects.add(e.reason, e.detail, record, syn_id=syn_id)
                 continue
-            fh.write(json.dumps({SYN_ID: syn_id, "prompt": request.prompt, "images": record["images"]}, ensure_ascii=False) + "\n")
+            fh.write(json_line({SYN_ID: syn_id, "prompt": plan.prompt, "images": record["images"]}) + "\n")
             written += 1
+            stripped += plan.special_tokens_stripped
     rejects.close()
-    return {"records_in": written + rejects.total, "records_out": written, "rejected": dict(rejects.counts)}
+    return {
+        "records_in": written + rejects.total, "records_out": written, "rejected": dict(rejects.counts),
+        "special_tokens_stripped": stripped,
+    }
 
 
 def tally(output: Path, out_dir: Path) -> dict:
@@ -155,7 +220,7 @@ def tally(output: Path, out_dir: Path) -> dict:
     for record in read_jsonl(output):
         n_in += 1
         if record.get(PRED) is None:
-            rejects.add(record[ERROR]["reason"], record[ERROR]["detail"], record, syn_id=record[SYN_ID])
+            rejects.add(error_reason(record), record[ERROR]["detail"], record, syn_id=record[SYN_ID])
         else:
             n_out += 1
     rejects.close()

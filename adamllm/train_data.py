@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from adamllm.formats import RecordError, Rejects, iter_json_records
+from adamllm.formats import RecordError, Rejects, check_unicode, iter_json_records
 from adamllm.images import check_image, open_image, resolve_image_path
 from adamllm.model_io import image_token_count
 from adamllm.prompts import ASSISTANT, CAPTION_HINT, IMAGE_TAG, USER, Turn, synthesizer_prompt, training_text
@@ -74,6 +74,7 @@ class SeedDataset(torch.utils.data.Dataset):
         for index, record in enumerate(iter_json_records(data_path)):
             self.counts["records_in"] += 1
             try:
+                check_unicode(record)
                 if not isinstance(record, dict) or not isinstance(record.get("image"), str):
                     raise RecordError("bad_schema", 'a training record needs an "image" path')
                 turns = _turns(record)

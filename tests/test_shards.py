@@ -95,10 +95,45 @@ def test_fingerprint_refuses_to_mix_runs(tmp_path):
     data.write_text('{"a": 1}\n' * 10)
     first = input_fingerprint(data, model="m", limit=0)
     check_fingerprint(tmp_path, "stage.jsonl", 2, first)
+    shard = tmp_path / "shards" / "stage.001-of-002.jsonl"
+    shard.write_text('{"syn_id": 1}\n')  # a finished record of this run
     check_fingerprint(tmp_path, "stage.jsonl", 2, input_fingerprint(data, model="m", limit=0))  # same run: resumes
-    with pytest.raises(ValueError, match=r"changed: limit.*new --output_dir"):
+    with pytest.raises(ValueError, match=r"holds 1 stage records .*changed: limit.*--overwrite or delete .*shards/stage\.\* ; or use a new --output_dir"):
         check_fingerprint(tmp_path, "stage.jsonl", 2, input_fingerprint(data, model="m", limit=5))
     data.write_text('{"a": 2}\n' * 10)  # same size, other content
-    with pytest.raises(ValueError, match="changed: sha256_head_tail"):
+    with pytest.raises(ValueError, match="changed: sha256"):
         check_fingerprint(tmp_path, "stage.jsonl", 2, input_fingerprint(data, model="m", limit=0))
+    assert shard.exists()
     check_fingerprint(tmp_path, "stage.jsonl", 3, input_fingerprint(data, model="m", limit=5))  # another sharding: its own files
+
+
+def test_fingerprint_sees_a_same_size_edit_in_the_middle_of_a_large_input(tmp_path):
+    from adamllm.shards import input_fingerprint
+
+    data = tmp_path / "in.jsonl"
+    rows = [f'{{"caption": "record {i:07d}"}}\n' for i in range(20000)]  # ~600 KB
+    data.write_text("".join(rows))
+    before = input_fingerprint(data)
+    rows[10000] = rows[10000].replace("record", "recorD")
+    data.write_text("".join(rows))
+    after = input_fingerprint(data)
+    assert before["size"] == after["size"] and before["sha256"] != after["sha256"]
+
+
+def test_other_settings_start_over_when_nothing_was_finished_or_with_overwrite(tmp_path):
+    """A run that failed before its first record (a wrong model name, say) is no reason to refuse the fix."""
+    from adamllm.shards import check_fingerprint, input_fingerprint
+
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"a": 1}\n')
+    check_fingerprint(tmp_path, "stage.jsonl", 1, input_fingerprint(data, model="wrong"))
+    check_fingerprint(tmp_path, "stage.jsonl", 1, input_fingerprint(data, model="right"))  # nothing done yet: no refusal
+    marker = tmp_path / "shards" / "stage.input-of-001.json"
+    assert json.loads(marker.read_text())["model"] == "right"
+    (tmp_path / "shards" / "stage.000-of-001.jsonl").write_text('{"syn_id": 0}\n')
+    (tmp_path / "shards" / "other.000-of-001.jsonl").write_text('{"syn_id": 0}\n')  # another stage's: kept
+    with pytest.raises(ValueError, match="--overwrite"):
+        check_fingerprint(tmp_path, "stage.jsonl", 1, input_fingerprint(data, model="third"))
+    check_fingerprint(tmp_path, "stage.jsonl", 1, input_fingerprint(data, model="third"), overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["other.000-of-001.jsonl", "stage.input-of-001.json"]
+    assert json.loads(marker.read_text())["model"] == "third"
