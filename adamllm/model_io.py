@@ -7,7 +7,77 @@ Loading is plain `from_pretrained(repo_id_or_path)`: a hub id (`AdaptLLM/visual-
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+
+# What each role needs, by config.json's model_type: the synthesizer is a LLaVA-NeXT, the checker a
+# text LLM. Telling them apart up front turns swapped arguments into a message, not a traceback.
+SYNTHESIZER_TYPES = ("llava_next",)
+MULTIMODAL_TYPES = ("llava", "llava_next", "llava_llama", "llava_onevision", "mllama", "qwen2_vl", "qwen2_5_vl")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def model_config(name_or_path: str) -> dict:
+    """The config.json of a model folder or hub id, without loading any weight.
+
+    Raises ValueError saying what is wrong: "no folder X and no hub id X", a folder that is no saved
+    model, a gated or unreachable hub repo.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise ValueError(f"{name_or_path} is a folder without config.json, not a saved model")
+        return json.loads(config.read_text(encoding="utf-8"))
+    if path.exists():
+        raise ValueError(f"{name_or_path} is a file; give a model folder or a hub id")
+    if not HUB_ID.fullmatch(name_or_path) or name_or_path.endswith((".json", ".safetensors", ".bin")):
+        raise ValueError(f"no folder {name_or_path} and no hub id {name_or_path}")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        config = hf_hub_download(name_or_path, "config.json")
+    except GatedRepoError:
+        raise ValueError(f"hub id {name_or_path} is gated: accept its licence on its hub page, then `hf auth login`") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise ValueError(f"no folder {name_or_path} and no hub id {name_or_path}") from None
+    except LocalEntryNotFoundError:  # before its base class EntryNotFoundError
+        raise ValueError(
+            f"no folder {name_or_path}, and hub id {name_or_path} is not in the local cache while the hub "
+            "cannot be reached (HF_HUB_OFFLINE is set, or no network)"
+        ) from None
+    except EntryNotFoundError:
+        raise ValueError(f"hub id {name_or_path} has no config.json: not a transformers model") from None
+    return json.loads(Path(config).read_text(encoding="utf-8"))
+
+
+def check_model(name_or_path: str, role: str, flag: str) -> str:
+    """"" when `name_or_path` can serve as `role` ("synthesizer" or "checker"), else why not, naming `flag`."""
+    try:
+        model_type = model_config(name_or_path).get("model_type", "")
+    except ValueError as e:
+        return f"{flag} {name_or_path}: {e}"
+    if role == "synthesizer" and model_type not in SYNTHESIZER_TYPES:
+        hint = " (a LLaVA-repo checkpoint: convert it to the llava-hf layout first)" if model_type == "llava_llama" else ""
+        text = " It looks like a text LLM: did you swap the synthesizer and the checker?" if model_type not in MULTIMODAL_TYPES else ""
+        return (
+            f"{flag} {name_or_path} is a {model_type or 'model without model_type'}, not a LLaVA-NeXT "
+            f"(model_type llava_next, e.g. AdaptLLM/visual-instruction-synthesizer){hint}.{text}"
+        )
+    if role == "checker" and model_type in MULTIMODAL_TYPES:
+        return (
+            f"{flag} {name_or_path} is a multimodal {model_type}; the checker is a text LLM such as "
+            "meta-llama/Meta-Llama-3-8B. Did you swap the synthesizer and the checker?"
+        )
+    return ""
+
 
 VISION_PREFIX = "vision_tower."
 VISION_HUB_PREFIX = "vision_tower.vision_model."

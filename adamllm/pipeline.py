@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from adamllm.consistency import MODES, FilterArgs, run_filter
+from adamllm.consistency import MODES, FilterArgs, check_prompt_file, run_filter
 from adamllm.consistency import OUTPUT_FILE as FILTERED_FILE
 from adamllm.engines import ENGINES
-from adamllm.formats import STYLES
+from adamllm.formats import STYLES, describe_os_error
+from adamllm.model_io import check_model
 from adamllm.posttrain import FormatArgs, run_format
 from adamllm.stats import STATS_FILE, update_stats
 from adamllm.synthesize import OUTPUT_FILE as TRIPLETS_FILE
@@ -49,37 +51,69 @@ class RunArgs:
     seed: int = field(default=42, metadata={"help": "Seed of template choice and caption placement."})
     num_shards: int = field(default=1, metadata={"help": "Shards per stage (several GPUs in CUDA_VISIBLE_DEVICES: one per GPU)."})
     shard_timeout_s: float = field(default=0.0, metadata={"help": "End worker processes still running after this many seconds (0: no limit)."})
+    overwrite: bool = field(default=False, metadata={"help": "When OUTPUT_DIR holds a stage's results for another input or other settings, delete them and start that stage over."})
+    max_batch_pixels: int = field(default=256_000_000, metadata={"help": "Synthesis: most decoded image pixels held at once (a batch of huge images goes to the engine in parts)."})
 
     def __post_init__(self):
-        missing = [f"--{n} is required" for n in ("synthesizer", "checker", "data_path", "image_folder", "output_dir") if not getattr(self, n)]
-        if missing:
-            raise ValueError("; ".join(missing))
+        errors = [f"--{n} is required" for n in ("synthesizer", "checker", "data_path", "image_folder", "output_dir") if not getattr(self, n)]
+        # Both models are checked before any work: a wrong checker must not wait for synthesis to end.
+        for flag, role in (("synthesizer", "synthesizer"), ("checker", "checker")):
+            if getattr(self, flag):
+                errors.append(check_model(getattr(self, flag), role, f"--{flag}"))
+        if self.data_path and not Path(self.data_path).is_file():
+            errors.append(f"--data_path {self.data_path}: no such file")
+        if self.image_folder and not Path(self.image_folder).is_dir():
+            errors.append(f"--image_folder {self.image_folder}: no such folder")
+        if self.prompt_file:
+            errors.append(check_prompt_file(self.prompt_file))
+        errors = [e for e in errors if e]
+        if errors:
+            raise ValueError("; ".join(errors))
 
     def engine_fields(self) -> dict:
-        keys = ("engine", "dtype", "max_model_len", "batch_size", "gpu_memory_utilization", "num_shards", "shard_timeout_s")
+        keys = ("engine", "dtype", "max_model_len", "batch_size", "gpu_memory_utilization", "num_shards", "shard_timeout_s", "overwrite")
         return {k: getattr(self, k) for k in keys}
+
+
+@contextmanager
+def stage(name: str):
+    """Errors inside name their stage (`adamllm run: filter: ...`)."""
+    try:
+        yield
+    except (ValueError, RuntimeError) as e:
+        raise type(e)(f"{name}: {e}") from e
+    except OSError as e:
+        raise RuntimeError(f"{name}: {describe_os_error(e)}") from e
 
 
 def run_pipeline(args: RunArgs) -> dict:
     """Run the three stages; returns the contents of OUTPUT_DIR/stats.json's stage entries."""
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    synth = SynthesizeArgs(
-        model=args.synthesizer, data_path=args.data_path, image_folder=args.image_folder, output_dir=str(out),
-        max_new_tokens=args.max_new_tokens, limit=args.limit, **args.engine_fields(),
-    )
-    stats = {"synthesize": run_synthesize(synth)}
-    filt = FilterArgs(
-        model=args.checker, data_path=str(out / TRIPLETS_FILE), output_dir=str(out), mode=args.mode,
-        prompt_file=args.prompt_file, **args.engine_fields(),
-    )
-    stats["filter"] = run_filter(filt)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RuntimeError(f"--output_dir: {describe_os_error(e)}") from e
+    stats = {}
+    with stage("synthesize"):
+        synth = SynthesizeArgs(
+            model=args.synthesizer, data_path=args.data_path, image_folder=args.image_folder, output_dir=str(out),
+            max_new_tokens=args.max_new_tokens, limit=args.limit, max_batch_pixels=args.max_batch_pixels,
+            **args.engine_fields(),
+        )
+        stats["synthesize"] = run_synthesize(synth)
+    with stage("filter"):
+        filt = FilterArgs(
+            model=args.checker, data_path=str(out / TRIPLETS_FILE), output_dir=str(out), mode=args.mode,
+            prompt_file=args.prompt_file, **args.engine_fields(),
+        )
+        stats["filter"] = run_filter(filt)
     start = time.monotonic()
-    fmt = FormatArgs(
-        data_path=str(out / FILTERED_FILE), image_folder=args.image_folder, output=str(out / FINAL_FILE),
-        train_on_syn_only=args.train_on_syn_only, style=args.style, seed=args.seed,
-    )
-    summary = asdict(run_format(fmt))
+    with stage("format"):
+        fmt = FormatArgs(
+            data_path=str(out / FILTERED_FILE), image_folder=args.image_folder, output=str(out / FINAL_FILE),
+            train_on_syn_only=args.train_on_syn_only, style=args.style, seed=args.seed,
+        )
+        summary = asdict(run_format(fmt))
     summary["wall_s"] = time.monotonic() - start
     update_stats(out, "format", summary, fmt)
     stats["format"] = summary

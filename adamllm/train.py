@@ -32,6 +32,15 @@ from adamllm.formats import write_json
 log = logging.getLogger(__name__)
 # torch's deprecation of a collective that DeepSpeed ZeRO-3 calls on every step: noise in the log.
 warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
+# accelerate's "Gradient accumulation steps mismatch: GradientAccumulationPlugin has 1, DeepSpeed config
+# has N. Using DeepSpeed's value." (issue #8), on every DeepSpeed run with accumulation, is harmless: the
+# Trainer sets the plugin to 1 on purpose because it accumulates itself (the loss of each micro-batch is
+# divided by the trained tokens of the whole accumulated global batch, and DeepSpeed's backward is told
+# not to divide again), and N is --gradient_accumulation_steps, which the Trainer wrote into the config.
+# tests/test_train_accumulation.py shows such a step equals one SGD step on the global batch.
+logging.getLogger("accelerate.accelerator").addFilter(
+    lambda record: "GradientAccumulationPlugin has 1, DeepSpeed config has" not in record.getMessage()
+)
 
 DEFAULT_BASE = "llava-hf/llama3-llava-next-8b-hf"
 VISION_TOWER = "vision_tower"
@@ -64,9 +73,14 @@ class DataArguments:
             errors.append("--caption_path, --precise_qa_path and --informative_qa_path go together")
         if not self.image_folder:
             errors.append("--image_folder is required")
+        elif not Path(self.image_folder).is_dir():
+            errors.append(f"--image_folder {self.image_folder}: no such folder")
         for name in ("data_path", "caption_path", "precise_qa_path", "informative_qa_path"):
-            if getattr(self, name) and not Path(getattr(self, name)).is_file():
-                errors.append(f"--{name} {getattr(self, name)}: no such file")
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                errors.append(f"--{name} {path}: no such file")
+            elif path and _first_char(path) not in ("[", "{"):
+                errors.append(f"--{name} {path}: not a JSON list or JSONL file")
         if errors:
             raise ValueError("; ".join(errors))
 
@@ -74,6 +88,12 @@ class DataArguments:
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
     model_max_length: int = field(default=6144, metadata={"help": "Longest training sequence, image tokens included; longer ones are truncated (and counted)."})
+    check_only: bool = field(default=False, metadata={"help": "Check the arguments, seed files and base model, then exit: tune_synthesizer.sh does this before torchrun starts its processes."})
+
+
+def _first_char(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return fh.read(4096).lstrip()[:1]
 
 
 class SynthesizerTrainer(transformers.Trainer):
@@ -116,7 +136,7 @@ class SynthesizerTrainer(transformers.Trainer):
 
 
 def _cpu_distributed_fixes() -> list[str]:
-    """Settings DeepSpeed needs to run several processes without CUDA (shared/spec/cpu-stack.md).
+    """Settings DeepSpeed needs to run several processes without CUDA (docs/cpu-stack.md).
 
     Without them accelerate leaves the DeepSpeed backend unset and every rank believes it is rank 0.
     Returns extra command-line flags; none on a machine with CUDA.
@@ -131,9 +151,29 @@ def _cpu_distributed_fixes() -> list[str]:
 
 
 def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """The three argument groups; ValueError listing every problem found, the base model's included."""
+    from adamllm.model_io import check_model
+
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     extra = _cpu_distributed_fixes() if "--deepspeed" in " ".join(argv) else []
-    return parser.parse_args_into_dataclasses(args=argv + extra)
+    # The base model is checked from its config.json alone, and reported with the other problems.
+    model_problem = check_model(_flag_value(argv, "--model_name_or_path", DEFAULT_BASE), "synthesizer", "--model_name_or_path")
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=argv + extra)
+    except ValueError as e:
+        raise ValueError("; ".join(filter(None, [str(e), model_problem]))) from None
+    if model_problem:
+        raise ValueError(model_problem)
+    return parsed
+
+
+def _flag_value(argv: list[str], flag: str, default: str) -> str:
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return default
 
 
 def prepare_data(data_args: DataArguments, training_args: TrainingArguments) -> str:
@@ -247,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"adamllm train: error: {e}", file=sys.stderr)
         return 2
+    if training_args.check_only:
+        print(f"adamllm train: arguments, seed files and base model {model_args.model_name_or_path} checked")
+        return 0
     summary = train(model_args, data_args, training_args)
     if training_args.process_index == 0:
         log.info("trained on %d records (%d truncated, %d blank) in %.0f s; saved to %s",

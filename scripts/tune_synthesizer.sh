@@ -54,30 +54,36 @@ fi
 GRAD_ACCUM=${GRAD_ACCUM:-$(( GLOBAL_BATCH / (NUM_GPUS * BATCH_SIZE) > 0 ? GLOBAL_BATCH / (NUM_GPUS * BATCH_SIZE) : 1 ))}
 echo "tune_synthesizer: $NUM_GPUS processes x batch $BATCH_SIZE x accumulation $GRAD_ACCUM; base $BASE_MODEL -> $SAVE_PATH"
 
-"$PYTHON" -m torch.distributed.run --nproc_per_node "$NUM_GPUS" --master_port "$MASTER_PORT" -m adamllm train \
-  --deepspeed "$ZERO" \
-  --model_name_or_path "$BASE_MODEL" \
-  --caption_path "$CAPTION" \
-  --precise_qa_path "$PRECISE_A" \
-  --informative_qa_path "$INFORMATIVE_A" \
-  --image_folder "$IMAGE_FOLDER" \
-  --replace_with_blank_image_percent 10 \
-  --unfreeze_mm_vision_tower True \
-  --mm_vision_tower_lr 2e-6 \
-  --learning_rate 2e-5 \
-  --num_train_epochs 2 \
-  --per_device_train_batch_size "$BATCH_SIZE" \
-  --gradient_accumulation_steps "$GRAD_ACCUM" \
-  --warmup_steps 0.03 \
-  --lr_scheduler_type cosine \
-  --weight_decay 0.0 \
-  --model_max_length 6144 \
-  --train_sampling_strategy group_by_length \
-  --save_strategy steps \
-  --save_steps 500 \
-  --save_total_limit 1 \
-  --logging_steps 1 \
-  --report_to none \
-  --output_dir "$SAVE_PATH" \
-  "${PRECISION[@]}" \
+TRAIN_ARGS=(
+  --deepspeed "$ZERO"
+  --model_name_or_path "$BASE_MODEL"
+  --caption_path "$CAPTION"
+  --precise_qa_path "$PRECISE_A"
+  --informative_qa_path "$INFORMATIVE_A"
+  --image_folder "$IMAGE_FOLDER"
+  --replace_with_blank_image_percent 10
+  --unfreeze_mm_vision_tower True
+  --mm_vision_tower_lr 2e-6
+  --learning_rate 2e-5
+  --num_train_epochs 2
+  --per_device_train_batch_size "$BATCH_SIZE"
+  --gradient_accumulation_steps "$GRAD_ACCUM"
+  --warmup_steps 0.03
+  --lr_scheduler_type cosine
+  --weight_decay 0.0
+  --model_max_length 6144
+  --train_sampling_strategy group_by_length
+  --save_strategy steps
+  --save_steps 500
+  --save_total_limit 1
+  --logging_steps 1
+  --report_to none
+  --output_dir "$SAVE_PATH"
+  "${PRECISION[@]}"
   "$@"
+)
+
+# Check the seed files, the base model and every flag in one quick process: a mistake then costs
+# seconds and one message, not a torchrun start and a traceback from each rank.
+"$PYTHON" -m adamllm train "${TRAIN_ARGS[@]}" --check_only True
+"$PYTHON" -m torch.distributed.run --nproc_per_node "$NUM_GPUS" --master_port "$MASTER_PORT" -m adamllm train "${TRAIN_ARGS[@]}"

