@@ -26,7 +26,7 @@ demo: setup
 
 bench: setup
 	@if ls bench/*.py >/dev/null 2>&1; then for b in bench/*.py; do $(PY) $$b || exit 1; done; \
-	else echo "no benchmarks yet: they arrive with stage 2 (issue #3)"; fi
+	else echo "no benchmarks in bench/"; fi
 
 clean:
 	rm -rf exp/demo exp/tiny .pytest_cache

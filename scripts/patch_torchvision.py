@@ -1,4 +1,4 @@
-"""Make PyPI's torchvision importable beside the CPU torch wheel (see cpu-stack.md).
+"""Make PyPI's torchvision importable beside the CPU torch wheel (see docs/cpu-stack.md).
 
 PyPI's torchvision is a CUDA build whose compiled ops do not load beside torch's CPU wheel; its
 `_meta_registrations.py` then fails at import registering fake kernels for `torchvision::nms` and

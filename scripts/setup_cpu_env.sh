@@ -3,7 +3,7 @@
 #   bash scripts/setup_cpu_env.sh            # into .venv
 #   VENV=/path/to/venv bash scripts/setup_cpu_env.sh
 # Idempotent: a stamp holding the hash of this script and pyproject.toml makes a rerun a no-op.
-# The fixes applied here are the measured ones of cpu-stack.md (see README, "The CPU stack").
+# The fixes applied here are the measured ones of docs/cpu-stack.md (see README, "The CPU stack").
 set -euo pipefail
 
 VENV=${VENV:-.venv}
