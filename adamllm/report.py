@@ -6,229 +6,215 @@ A summary (records per stage, rejections by reason, verdicts and pass rate, leng
 time and tokens per stage) and a card per record with its whole path: image, caption, the pairs the
 synthesizer wrote, the collected triplet, the verdict and the final training conversation. Cards
 filter by verdict or reason (also from the URL: `report.html#verdict=yes`, `#reason=no_triplet`).
-Every text is escaped, and a Content-Security-Policy lets only the page's own script run.
+
+A run folder may have been edited by hand or damaged: a record of the wrong shape still gets its card
+(with what could be read), a stats field of the wrong type is left blank, and a file that is not JSON
+at all is a ValueError naming it. Thumbnails come only from inside the run's image folder, with the
+path checks of the stages. The HTML itself is in `adamllm.report_html`.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
-from collections import Counter
-from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
-
-from PIL import Image
+from typing import Any, Iterator
 
 from adamllm.consistency import OUTPUT_FILE as FILTERED_FILE
-from adamllm.formats import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, RecordError, iter_json_records, read_jsonl
+from adamllm.formats import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, RecordError, iter_json_records
 from adamllm.images import load_image
 from adamllm.parse import parse_pairs
 from adamllm.pipeline import FINAL_FILE
+from adamllm.report_html import TRIPLET_KEYS, Card, render
 from adamllm.stats import STATS_FILE
+from adamllm.synthesize import OUTPUT_FILE as TRIPLETS_FILE
 
 REPORT_FILE = "report.html"
 THUMBNAIL = 160
-STAGES = ("synthesize", "filter", "format")
 
 
-@dataclass
-class Card:
-    syn_id: int
-    image: str
-    caption: str
-    pred: str | None
-    triplet: dict | None
-    verdict: str  # yes / no / open / invalid, or "none" without a triplet
-    reason: str  # why the record has no kept task ("" when it has one)
-    conversation: list[dict] | None  # the final training record's messages
-    thumbnail: str = ""  # data: URL
-    pairs: list[tuple[str, str]] = field(default_factory=list)
+# --- reading a run folder --------------------------------------------------------------------------
+def _records(path: Path) -> Iterator[Any]:
+    """The records of a JSON or JSONL run file; damage is a ValueError naming the file."""
+    try:
+        yield from iter_json_records(path)
+    except (ValueError, RecursionError, OSError) as e:  # not JSON, not UTF-8, nested too deep, unreadable
+        raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError, OSError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e})") from None
+
+
+def load_stats(path: Path) -> dict[str, dict]:
+    """stats.json as {stage: entry}; an entry that is not an object is dropped, so it shows blank."""
+    stats = _json_file(path)
+    if not isinstance(stats, dict):
+        raise ValueError(f"{path} is not a JSON object of stages (it holds a {type(stats).__name__})")
+    return {stage: entry for stage, entry in stats.items() if isinstance(entry, dict)}
+
+
+def _text(value: Any) -> str:
+    """A hand-edited field shown as it is: text stays text, anything else as its JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _first_image(record: dict) -> str:
+    images = record.get("images")
+    first = images[0] if isinstance(images, list) and images else ""
+    return first if isinstance(first, str) else ""
 
 
 def _caption(record: dict) -> str:
-    try:
-        return record["messages"][1]["content"]
-    except (KeyError, IndexError, TypeError):
+    messages = record.get("messages")
+    turn = messages[1] if isinstance(messages, list) and len(messages) > 1 else None
+    content = turn.get("content") if isinstance(turn, dict) else None
+    return content if isinstance(content, str) else ""
+
+
+def _triplet(record: dict) -> dict[str, str | None] | None:
+    qa = record.get(COLLECTED_QA)
+    if not isinstance(qa, dict):
+        return None
+    return {key: qa.get(key) if isinstance(qa.get(key), str) else None for key in TRIPLET_KEYS}
+
+
+def _reason(record: dict, verdict: str) -> str:
+    if verdict == "yes":
         return ""
+    error = record.get(ERROR)
+    reason = error.get("reason") if isinstance(error, dict) else error
+    return reason if isinstance(reason, str) and reason else f"consistency_{verdict}"
 
 
-def _thumbnail(image_folder: str, relative: str) -> str:
-    try:
-        image = load_image(image_folder, relative)
-    except RecordError:
-        return ""
-    image.thumbnail((THUMBNAIL, THUMBNAIL))
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+def _conversation(final: Any) -> list[tuple[str, str]] | None:
+    """The final record's turns, LLaMA-Factory (`messages`) or LLaVA (`conversations`) style."""
+    turns = (final.get("messages") or final.get("conversations")) if isinstance(final, dict) else None
+    if not isinstance(turns, list):
+        return None
+    return [
+        (_text(t.get("role", t.get("from", ""))), _text(t.get("content", t.get("value", "")))) if isinstance(t, dict) else ("", _text(t))
+        for t in turns
+    ]
 
 
-def load_cards(out_dir: Path, image_folder: str) -> list[Card]:
-    """One card per record of the filtered file, joined with the final post-training record."""
+class Thumbnails:
+    """JPEG data URLs of a run's images, made only from inside `folder`, one decode per image path."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        # Unbounded on purpose: the cards keep every thumbnail anyway, so the cache adds only its keys.
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, relative: str) -> str:
+        if not self.folder or not relative:
+            return ""
+        if relative not in self._cache:
+            self._cache[relative] = self._make(relative)
+        return self._cache[relative]
+
+    def _make(self, relative: str) -> str:
+        try:
+            image = load_image(self.folder, relative)  # refuses absolute paths, `..` and symlinks out
+        except (RecordError, OSError):  # the card says "no image"; a missing image is normal here
+            return ""
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=80)
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _card(index: int, record: Any, final: Any, thumbnail: Thumbnails) -> Card:
+    if not isinstance(record, dict):
+        return Card(syn_id=f"{index} (not a JSON object)", image="", caption="", pred=_text(record), triplet=None,
+                    verdict="none", reason="bad_record", conversation=_conversation(final))
+    consistency = record.get(CONSISTENCY)
+    verdict = consistency if isinstance(consistency, str) and consistency else "none"
+    pred = record.get(PRED)
+    image = _first_image(record)
+    return Card(
+        syn_id=_text(record[SYN_ID]) if SYN_ID in record else f"{index} (no syn_id)",
+        image=image,
+        caption=_caption(record),
+        pred=None if pred is None else _text(pred),
+        triplet=_triplet(record),
+        verdict=verdict,
+        reason=_reason(record, verdict),
+        conversation=_conversation(final),
+        thumbnail=thumbnail(image),
+        pairs=parse_pairs(pred) if isinstance(pred, str) else [],
+    )
+
+
+def load_cards(out_dir: Path, thumbnail: Thumbnails) -> list[Card]:
+    """One card per record of the filtered file, joined with the final post-training record.
+
+    The final file holds the filtered records in order, less those format rejected (by index).
+    """
     final_path = out_dir / FINAL_FILE
     rejects_path = out_dir / FINAL_FILE.replace(".json", ".rejects.jsonl")
-    format_rejects = {r["index"] for r in read_jsonl(rejects_path)} if rejects_path.exists() else set()
-    finals = iter(iter_json_records(final_path)) if final_path.exists() else iter(())
-    cards = []
-    for index, record in enumerate(read_jsonl(out_dir / FILTERED_FILE)):
-        final = None if index in format_rejects else next(finals, None)
-        verdict = record.get(CONSISTENCY) or "none"
-        reason = "" if verdict == "yes" else (record.get(ERROR) or {}).get("reason") or f"consistency_{verdict}"
-        image = (record.get("images") or [""])[0] if isinstance(record.get("images"), list) else ""
-        pred = record.get(PRED)
-        cards.append(
-            Card(
-                syn_id=record.get(SYN_ID, index),
-                image=image,
-                caption=_caption(record),
-                pred=pred,
-                triplet=record.get(COLLECTED_QA),
-                verdict=verdict,
-                reason=reason,
-                conversation=(final.get("messages") or final.get("conversations")) if final else None,
-                thumbnail=_thumbnail(image_folder, image) if image else "",
-                pairs=parse_pairs(pred) if isinstance(pred, str) else [],
-            )
+    rejected = {
+        row["index"] for row in (_records(rejects_path) if rejects_path.exists() else ())
+        if isinstance(row, dict) and type(row.get("index")) is int
+    }
+    finals = _records(final_path) if final_path.exists() else iter(())
+    return [
+        _card(index, record, None if index in rejected else next(finals, None), thumbnail)
+        for index, record in enumerate(_records(out_dir / FILTERED_FILE))
+    ]
+
+
+# --- the image folder ------------------------------------------------------------------------------
+def _recorded_image_folder(out_dir: Path) -> tuple[Path, str] | None:
+    """(fingerprint file, image folder) as the last synthesis recorded it (resolved) beside its shards.
+
+    The newest file: one left from a run with another shard count may name an older folder.
+    """
+    stem = TRIPLETS_FILE.removesuffix(".jsonl")
+    paths = [p for p in (out_dir / "shards").glob(f"{stem}.input-of-*.json") if p.is_file()]
+    if not paths:
+        return None
+    path = max(paths, key=lambda p: p.stat().st_mtime_ns)
+    fingerprint = _json_file(path)
+    folder = fingerprint.get("image_folder") if isinstance(fingerprint, dict) else None
+    return (path, folder) if isinstance(folder, str) and folder else None
+
+
+def choose_image_folder(out_dir: Path, stats: dict[str, dict], given: str = "") -> tuple[str, str]:
+    """The folder thumbnails may come from, and a note saying which and why ("" when there is none).
+
+    `given` (--image_folder) wins; else the folder in stats.json's synthesize args, which, being easy
+    to edit, must agree with the one synthesis recorded in its shards folder. A filesystem root is
+    refused either way: it would let the report embed any image file on the disk.
+    """
+    if given:
+        folder, source = given, "--image_folder"
+    else:
+        args = stats.get("synthesize", {}).get("args")
+        folder = args.get("image_folder") if isinstance(args, dict) else None
+        if not isinstance(folder, str) or not folder:
+            return "", f"none ({STATS_FILE} records no image folder; pass --image_folder to show the images)"
+        source = f"the synthesize args in {STATS_FILE}"
+    if "\x00" in folder:
+        raise ValueError(f"image folder {folder!r} ({source}) holds a NUL byte")
+    resolved = Path(folder).resolve()
+    if resolved.parent == resolved:
+        raise ValueError(
+            f"image folder {folder} ({source}) is a filesystem root, which would let the report embed any image "
+            "on the disk; pass the run's own image folder with --image_folder"
         )
-    return cards
-
-
-# --- rendering -------------------------------------------------------------------------------------
-STYLE = """
-body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1d232a;background:#f6f7f9}
-h1{font-size:22px}h2{font-size:17px;margin-top:28px}
-table{border-collapse:collapse;background:#fff}td,th{border:1px solid #d5d9de;padding:4px 8px;text-align:right}
-th:first-child,td:first-child{text-align:left}
-.plots{display:flex;gap:18px;flex-wrap:wrap}.plot{background:#fff;border:1px solid #d5d9de;padding:8px}
-.card{display:flex;gap:16px;background:#fff;border:1px solid #d5d9de;border-left:6px solid #8a939c;margin:12px 0;padding:12px}
-.card[data-verdict=yes]{border-left-color:#2e9d4f}.card[data-verdict=no]{border-left-color:#c8423b}
-.card[data-verdict=open]{border-left-color:#d6a328}.card img{width:160px;height:auto;align-self:flex-start}
-.card .body{flex:1;min-width:0}.tag{display:inline-block;padding:1px 8px;border-radius:9px;background:#e8ebee;margin-right:6px}
-pre{white-space:pre-wrap;word-break:break-word;background:#f1f3f5;padding:6px;margin:4px 0;max-height:220px;overflow:auto}
-.turn{margin:3px 0}.role{font-weight:600;margin-right:4px}.hidden{display:none}
-"""
-
-SCRIPT = """
-function applyFilter(){
-  var v=document.getElementById('verdict').value, r=document.getElementById('reason').value, shown=0;
-  document.querySelectorAll('.card').forEach(function(c){
-    var ok=(!v||c.dataset.verdict===v)&&(!r||c.dataset.reason===r);
-    c.classList.toggle('hidden',!ok); if(ok){shown++;}
-  });
-  document.getElementById('shown').textContent=shown;
-}
-function fromHash(){
-  new URLSearchParams(location.hash.slice(1)).forEach(function(value,key){
-    var el=document.getElementById(key); if(el){el.value=value;}
-  });
-  applyFilter();
-}
-document.getElementById('verdict').addEventListener('change',applyFilter);
-document.getElementById('reason').addEventListener('change',applyFilter);
-window.addEventListener('hashchange',fromHash);
-fromHash();
-"""
-
-
-def _svg_histogram(values: list[int], title: str, width: int = 300, height: int = 120, bins: int = 12) -> str:
-    if not values:
-        return f'<div class="plot"><b>{escape(title)}</b><br>no data</div>'
-    lo, hi = min(values), max(values)
-    step = max(1, -(-(hi - lo + 1) // bins))
-    counts = Counter((v - lo) // step for v in values)
-    n = max(counts) + 1
-    peak = max(counts.values())
-    bar = width / n
-    rects = "".join(
-        f'<rect x="{i * bar:.1f}" y="{height - 18 - c / peak * (height - 30):.1f}" width="{bar - 2:.1f}" '
-        f'height="{c / peak * (height - 30):.1f}" fill="#4a78b5"><title>{lo + i * step}-{lo + (i + 1) * step - 1}: {c}</title></rect>'
-        for i, c in sorted(counts.items())
-    )
-    axis = f'<text x="0" y="{height - 4}" font-size="10">{lo}</text><text x="{width - 30}" y="{height - 4}" font-size="10">{hi}</text>'
-    return (
-        f'<div class="plot"><b>{escape(title)}</b> (n={len(values)}, words)<br>'
-        f'<svg width="{width}" height="{height}" role="img" aria-label="{escape(title)}">{rects}{axis}</svg></div>'
-    )
-
-
-def _stage_table(stats: dict) -> str:
-    rows = []
-    for stage in STAGES:
-        s = stats.get(stage) or {}
-        rejected = ", ".join(f"{k}: {v}" for k, v in sorted((s.get("rejected") or {}).items())) or "none"
-        cells = [
-            stage, s.get("records_in", ""), s.get("records_out", ""), rejected,
-            f"{s.get('wall_s', 0):.1f}", f"{s.get('engine_s', 0):.1f}", s.get("prompt_tokens", ""), s.get("output_tokens", ""),
-        ]
-        rows.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
-    head = "<tr><th>stage</th><th>in</th><th>out</th><th>rejected by reason</th><th>wall s</th><th>engine s</th><th>prompt tokens</th><th>output tokens</th></tr>"
-    return f"<table>{head}{''.join(rows)}</table>"
-
-
-def _card(card: Card) -> str:
-    img = f'<img src="{card.thumbnail}" alt="{escape(card.image)}">' if card.thumbnail else f"<div>(no image: {escape(card.image)})</div>"
-    pairs = "".join(f"<pre>Q: {escape(q)}\nA: {escape(a)}</pre>" for q, a in card.pairs) or "<i>no pair parsed</i>"
-    triplet = (
-        "<pre>" + escape(f"Q: {card.triplet['Q']}\nprecise: {card.triplet['precise_A']}\ninformative: {card.triplet['informative_A']}") + "</pre>"
-        if isinstance(card.triplet, dict) else "<i>none</i>"
-    )
-    conversation = (
-        "".join(
-            f'<div class="turn"><span class="role">{escape(str(m.get("role", m.get("from", ""))))}:</span>'
-            f'<pre>{escape(str(m.get("content", m.get("value", ""))))}</pre></div>'
-            for m in card.conversation
+    recorded = None if given else _recorded_image_folder(out_dir)
+    if recorded and Path(recorded[1]).resolve() != resolved:
+        relative = "" if Path(folder).is_absolute() else f" (here: {resolved}, a relative folder being read from the current directory)"
+        raise ValueError(
+            f"{out_dir / STATS_FILE} says the images are in {folder}{relative}, but {recorded[0]} records that synthesis "
+            f"read them from {recorded[1]}; pass the run's image folder with --image_folder"
         )
-        if card.conversation else "<i>not in the post-training file</i>"
-    )
-    reason = f'<span class="tag">{escape(card.reason)}</span>' if card.reason else ""
-    return (
-        f'<section class="card" data-verdict="{escape(card.verdict)}" data-reason="{escape(card.reason)}">{img}<div class="body">'
-        f'<div><span class="tag">#{card.syn_id}</span><span class="tag">verdict: {escape(card.verdict)}</span>{reason}'
-        f"<b>{escape(card.image)}</b></div>"
-        f"<h3>Caption</h3><pre>{escape(card.caption)}</pre>"
-        f"<details><summary>Synthesizer output: {len(card.pairs)} pair(s)</summary>{pairs}"
-        f"<h4>Raw output</h4><pre>{escape(card.pred if card.pred is not None else '(none)')}</pre></details>"
-        f"<h3>Collected triplet</h3>{triplet}<h3>Training conversation</h3>{conversation}</div></section>"
-    )
-
-
-def render(stats: dict, cards: list[Card], title: str) -> str:
-    verdicts = Counter(c.verdict for c in cards)
-    reasons = Counter(c.reason for c in cards if c.reason)
-    triplets = [c.triplet for c in cards if isinstance(c.triplet, dict)]
-    filt = stats.get("filter") or {}
-    plots = "".join(
-        _svg_histogram([len(t[key].split()) for t in triplets], label)
-        for key, label in (("Q", "question length"), ("precise_A", "precise answer length"), ("informative_A", "informative answer length"))
-    )
-    verdict_rows = "".join(f"<tr><td>{escape(v)}</td><td>{n}</td></tr>" for v, n in verdicts.most_common())
-    options = lambda values: "".join(f'<option value="{escape(v)}">{escape(v)} ({n})</option>' for v, n in values.most_common())
-    script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
-    csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{csp}">
-<title>{escape(title)}</title><style>{STYLE}</style></head>
-<body data-cards="{len(cards)}">
-<h1>{escape(title)}</h1>
-<h2>Summary</h2>
-{_stage_table(stats)}
-<p>Pass rate of the consistency filter: <b>{filt.get('pass_rate', 0):.0%}</b> of judged triplets
-(the paper saw about 30%). Prompt tokens computed by the filter: {escape(str(filt.get('prompt_tokens_computed', '')))},
-served from the prefix cache: {escape(str(filt.get('cached_prompt_tokens', '')))}.</p>
-<table><tr><th>verdict</th><th>records</th></tr>{verdict_rows}</table>
-<div class="plots">{plots}</div>
-<h2>Records</h2>
-<p>Verdict <select id="verdict"><option value="">all</option>{options(verdicts)}</select>
-reason <select id="reason"><option value="">all</option>{options(reasons)}</select>
-showing <b id="shown">{len(cards)}</b> of {len(cards)}</p>
-{''.join(_card(c) for c in cards)}
-<script>{SCRIPT}</script>
-</body></html>
-"""
+    return str(resolved), f"{resolved} ({source})"
 
 
 def write_report(out_dir: str | Path, image_folder: str = "") -> Path:
@@ -237,9 +223,13 @@ def write_report(out_dir: str | Path, image_folder: str = "") -> Path:
     stats_path = out / STATS_FILE
     if not (out / FILTERED_FILE).exists() or not stats_path.exists():
         raise ValueError(f"{out} holds no finished stage-2 run (no {FILTERED_FILE} or {STATS_FILE}); run `adamllm run` first")
-    stats = json.loads(stats_path.read_text())
-    folder = image_folder or (stats.get("synthesize") or {}).get("args", {}).get("image_folder", "")
-    cards = load_cards(out, folder)
+    stats = load_stats(stats_path)
+    folder, note = choose_image_folder(out, stats, image_folder)
+    cards = load_cards(out, Thumbnails(folder))
     path = out / REPORT_FILE
-    path.write_text(render(stats, cards, f"adamllm stage-2 report: {out.name}"), encoding="utf-8")
+    try:
+        # errors="replace": a JSON "\udc80" escape decodes to a lone surrogate, which UTF-8 cannot hold
+        path.write_text(render(stats, cards, f"adamllm stage-2 report: {out.name}", note), encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise ValueError(f"cannot write {path}: {e}") from None
     return path

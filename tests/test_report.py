@@ -1,8 +1,10 @@
 """The HTML report, rendered in a real headless browser (Debian's chromium)."""
 
 import json
+import os
 import shutil
 import subprocess
+from urllib.parse import quote
 
 import pytest
 from PIL import Image
@@ -105,3 +107,211 @@ def test_report_screenshot_is_not_blank(run_dir, tmp_path):
 def test_report_needs_a_finished_run(tmp_path):
     with pytest.raises(ValueError, match="no finished stage-2 run"):
         write_report(tmp_path)
+
+
+# --- hand-edited and damaged run folders (issue #8) ------------------------------------------------
+FORM = '"><form action=x><input name=pwned></form><img src=x onerror="document.title=\'pwned\'">'
+
+
+def edit_rows(out, change):
+    """Rewrite the filtered file after `change(rows)` has edited its records in place."""
+    path = out / "filtered_task_pairs.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    change(rows)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def edit_stats(out, change):
+    stats = read_json(out / "stats.json")
+    change(stats)
+    (out / "stats.json").write_text(json.dumps(stats))
+
+
+def write_final(out, records):
+    (out / "image_caption_and_synthetic_task.json").write_text(json.dumps(records))
+
+
+DELETE = object()
+
+
+def set_rows(*edits):
+    """A change to the filtered records: (row index, field, value); value DELETE removes the field."""
+    def change(rows):
+        for i, key, value in edits:
+            if value is DELETE:
+                del rows[i][key]
+            else:
+                rows[i][key] = value
+    return change
+
+
+def not_objects(rows):
+    rows[1:4] = [5, "text", None]
+    rows.append([1, 2])
+
+
+DAMAGES = {
+    "records that are not objects": lambda out: edit_rows(out, not_objects),
+    "error null": lambda out: edit_rows(out, set_rows((4, "error", None), (5, "error", None))),
+    "error a string": lambda out: edit_rows(out, set_rows((4, "error", "oops"), (5, "error", 7))),
+    "collected_QA missing keys and non-strings": lambda out: edit_rows(out, set_rows(
+        (0, "collected_QA", {"Q": 5}), (1, "collected_QA", {"precise_A": ["x"], "informative_A": None}),
+        (2, "collected_QA", "Q?"), (3, "collected_QA", [1]))),
+    "syn_id a string or missing": lambda out: edit_rows(out, set_rows((0, "syn_id", "seven"), (1, "syn_id", DELETE), (2, "syn_id", {"a": 1}))),
+    "messages of the wrong shape": lambda out: edit_rows(out, set_rows(
+        (0, "messages", "hi"), (1, "messages", [1, 2]), (2, "messages", [{}, {"content": 7}]), (3, "messages", {"1": "x"}), (4, "messages", DELETE))),
+    "images of the wrong shape": lambda out: edit_rows(out, set_rows(
+        (0, "images", "im0.png"), (1, "images", [5]), (2, "images", []), (3, "images", ["a" * 5000]), (4, "images", [""]))),
+    "pred and consistency not text": lambda out: edit_rows(out, set_rows(
+        (0, "pred", {"a": 1}), (1, "pred", 7), (2, "consistency", ["yes"]), (3, "consistency", 1))),
+    "a lone surrogate in a caption": lambda out: edit_rows(out, lambda rows: rows[0]["messages"][1].update(content="bad \udc80 text")),
+    "final records malformed": lambda out: write_final(out, [
+        5, "x", {"messages": "no"}, {"messages": [1, {"role": 2, "content": None}]}, {"conversations": [{"from": "human"}]}, None]),
+    "final file short": lambda out: write_final(out, []),
+    "final file missing": lambda out: (out / "image_caption_and_synthetic_task.json").unlink(),
+    "rejects rows without index": lambda out: (out / "image_caption_and_synthetic_task.rejects.jsonl").write_text(
+        '{"reason": "x"}\n5\n{"index": "3"}\n{"index": true}\n[]\n'),
+    "stats fields of wrong types": lambda out: edit_stats(out, lambda s: s.update(
+        filter={"pass_rate": "abc", "wall_s": None, "rejected": [1], "prompt_tokens": "many", "args": "x"},
+        format=[1, 2],
+        synthesize={**s["synthesize"], "records_in": {"a": 1}, "wall_s": 10**400, "engine_s": float("inf"), "rejected": {"x": "y", "z": None}},
+    )),
+    "stats args of wrong types": lambda out: edit_stats(out, lambda s: s["synthesize"].update(args={"image_folder": 5})),
+    "stats with no stages": lambda out: (out / "stats.json").write_text("{}"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=list(DAMAGES))
+def test_report_survives_a_hand_edited_run(run_dir, damage, capsys):
+    from adamllm.cli import main
+
+    DAMAGES[damage](run_dir)
+    records = len((run_dir / "filtered_task_pairs.jsonl").read_text().splitlines())
+    assert main(["report", str(run_dir)]) == 0
+    html = (run_dir / "report.html").read_text()
+    assert html.count('<section class="card"') == records and html.rstrip().endswith("</html>")
+    assert "wrote" in capsys.readouterr().out
+
+
+INVALID_JSON = [
+    ("filtered_task_pairs.jsonl", b"{not json\n"),
+    ("filtered_task_pairs.jsonl", b"[" * 100_000 + b"]" * 100_000),  # nested past Python's recursion limit
+    ("filtered_task_pairs.jsonl", b'{"pred": "\xff\xfe"}\n'),  # not UTF-8
+    ("image_caption_and_synthetic_task.json", b"[{]"),
+    ("image_caption_and_synthetic_task.rejects.jsonl", b'{"index": 1\n'),
+    ("stats.json", b"{"),
+    ("stats.json", b"[1, 2]"),
+    ("shards/syn_task_triplets.input-of-001.json", b"nope"),
+]
+
+
+@pytest.mark.parametrize("name, content", INVALID_JSON, ids=[f"{n}-{i}" for i, (n, _) in enumerate(INVALID_JSON)])
+def test_report_names_a_file_that_is_not_json(run_dir, name, content, capsys):
+    from adamllm.cli import main
+
+    (run_dir / name).parent.mkdir(exist_ok=True)
+    (run_dir / name).write_bytes(content)
+    with pytest.raises(SystemExit) as exit:
+        main(["report", str(run_dir)])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "adamllm report: error: " in err and name.split("/")[-1] in err
+    assert "Traceback" not in err and len(err) < 2000
+
+
+def test_report_escapes_every_hand_edited_field_in_chromium(run_dir, tmp_path):
+    edit_rows(run_dir, set_rows(
+        (0, "syn_id", "<form action=x><input></form>"), (1, "syn_id", FORM), (1, "consistency", FORM),
+        (2, "error", {"reason": FORM}), (2, "images", [FORM]), (3, "collected_QA", {"Q": FORM, "precise_A": 5}), (4, "pred", FORM),
+    ))
+    final = read_json(run_dir / "image_caption_and_synthetic_task.json")
+    final[0]["messages"][0]["role"] = FORM
+    write_final(run_dir, final)
+    edit_stats(run_dir, lambda s: s["filter"].update(rejected={FORM: 1}, records_in=FORM, pass_rate=FORM, args={"engine": FORM}))
+    page = write_report(run_dir)
+    html = page.read_text()
+    assert "<form" not in html and "<input" not in html and "&lt;form action=x&gt;" in html
+    dom = browse(tmp_path, page.as_uri(), "--dump-dom")
+    assert "<form" not in dom and "<input" not in dom and "pwned" not in dom.split("<body")[0]
+    assert dom.count('<section class="card') == 6 and '<b id="shown">6</b>' in dom
+    assert "&lt;form action=x&gt;&lt;input&gt;&lt;/form&gt;" in dom  # shown as text
+    evil = browse(tmp_path, page.as_uri() + "#verdict=" + quote(FORM), "--dump-dom")
+    assert '<b id="shown">1</b>' in evil  # the hand-edited verdict is still a working filter
+
+
+# --- the image folder ------------------------------------------------------------------------------
+def test_report_refuses_a_filesystem_root_as_image_folder(run_dir):
+    edit_stats(run_dir, lambda s: s["synthesize"]["args"].update(image_folder="/"))
+    with pytest.raises(ValueError, match="filesystem root.*--image_folder"):
+        write_report(run_dir)
+    with pytest.raises(ValueError, match="filesystem root"):
+        write_report(run_dir, image_folder="/images/..")
+
+
+def test_report_refuses_a_stats_folder_the_shards_disagree_with(run_dir, tmp_path):
+    images = tmp_path / "images"
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    Image.new("RGB", (8, 8)).save(other / "im0.png")
+    (run_dir / "shards").mkdir()
+    (run_dir / "shards" / "syn_task_triplets.input-of-002.json").write_text(json.dumps({"input": "x", "image_folder": str(images.resolve())}))
+    edit_stats(run_dir, lambda s: s["synthesize"]["args"].update(image_folder=str(other)))
+    with pytest.raises(ValueError) as refused:
+        write_report(run_dir)
+    message = str(refused.value)
+    assert str(other) in message and str(images.resolve()) in message and "--image_folder" in message
+    html = write_report(run_dir, image_folder=str(other)).read_text()  # the user's choice is taken as it is
+    assert f'Images from: <b id="image-folder">{other.resolve()} (--image_folder)</b>' in html
+    assert html.count('src="data:image/jpeg;base64,') == 1
+
+
+def test_report_embeds_only_images_inside_the_recorded_folder(run_dir, tmp_path):
+    images = tmp_path / "images"
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(secret)
+    (images / "link.png").symlink_to(secret)
+    edit_rows(run_dir, set_rows((0, "images", ["../secret.png"]), (1, "images", [str(secret)]), (2, "images", ["link.png"])))
+    html = write_report(run_dir).read_text()
+    assert html.count('src="data:image/jpeg;base64,') == 2  # im3, im4; im5 is missing
+    assert f'Images from: <b id="image-folder">{images.resolve()} (the synthesize args in stats.json)</b>' in html
+    (run_dir / "shards").mkdir()
+    stale = run_dir / "shards" / "syn_task_triplets.input-of-004.json"  # an earlier run with 4 shards
+    stale.write_text(json.dumps({"image_folder": str(tmp_path)}))
+    os.utime(stale, (1, 1))
+    (run_dir / "shards" / "syn_task_triplets.input-of-001.json").write_text(json.dumps({"image_folder": str(images)}))
+    assert write_report(run_dir).read_text().count('src="data:image/jpeg;base64,') == 2  # the last run agrees
+
+
+def test_report_without_a_recorded_folder_shows_no_images(run_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "images")  # where a folder of "" would resolve
+    edit_stats(run_dir, lambda s: s["synthesize"].pop("args"))
+    html = write_report(run_dir).read_text()
+    assert "data:image/jpeg" not in html and "records no image folder; pass --image_folder" in html
+
+
+def test_report_decodes_each_image_once(run_dir, monkeypatch):
+    import adamllm.report
+
+    edit_rows(run_dir, lambda rows: [row.update(images=["im0.png"]) for row in rows[:4]])
+    decoded = []
+    real = adamllm.report.load_image
+    monkeypatch.setattr(adamllm.report, "load_image", lambda folder, path: decoded.append(path) or real(folder, path))
+    html = write_report(run_dir).read_text()
+    assert sorted(decoded) == ["im0.png", "im4.png", "missing.png"]
+    assert html.count('src="data:image/jpeg;base64,') == 5
+
+
+# --- the prefix-cache line -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "filter_stats, shown",
+    [
+        ({}, "none (no prompt was run: no triplet to judge)"),
+        ({"prompt_tokens": 0, "prompt_tokens_computed": 0}, "none (no prompt was run: no triplet to judge)"),
+        ({"prompt_tokens": 900, "args": {"engine": "vllm"}}, "not measured by this engine"),
+        ({"prompt_tokens": 900, "cached_prompt_tokens": 0, "args": {"engine": "hf"}}, "not measured by this engine (hf)"),
+        ({"prompt_tokens": 900, "cached_prompt_tokens": 600, "prompt_tokens_computed": 300, "args": {"engine": "vllm"}}, "600"),
+    ],
+)
+def test_report_says_what_the_prefix_cache_served_or_why_not(run_dir, filter_stats, shown):
+    edit_stats(run_dir, lambda s: s["filter"].update(filter_stats))
+    html = write_report(run_dir).read_text()
+    assert f"served from the prefix cache: {shown}." in html

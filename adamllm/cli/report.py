@@ -12,7 +12,11 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("output_dir", help="A stage-2 output folder (written by adamllm run / run_synthesis.sh).")
-    parser.add_argument("--image_folder", "--image-folder", default="", help="Image folder (default: the one synthesis ran with, from stats.json).")
+    parser.add_argument(
+        "--image_folder", "--image-folder", default="",
+        help="Image folder; only images inside it are shown (default: the one synthesis ran with, from stats.json, "
+        "which must match the one recorded in OUTPUT_DIR/shards).",
+    )
     parser.set_defaults(run=lambda ns: run(ns, parser))
 
 
