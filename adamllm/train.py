@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # torch's deprecation of a collective that DeepSpeed ZeRO-3 calls on every step: noise in the log.
 warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
 # accelerate's "Gradient accumulation steps mismatch: GradientAccumulationPlugin has 1, DeepSpeed config
-# has N. Using DeepSpeed's value." (issue #8), on every DeepSpeed run with accumulation, is harmless: the
+# has N. Using DeepSpeed's value.", on every DeepSpeed run with accumulation, is harmless: the
 # Trainer sets the plugin to 1 on purpose because it accumulates itself (the loss of each micro-batch is
 # divided by the trained tokens of the whole accumulated global batch, and DeepSpeed's backward is told
 # not to divide again), and N is --gradient_accumulation_steps, which the Trainer wrote into the config.
