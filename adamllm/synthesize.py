@@ -67,6 +67,9 @@ class SynthesizeArgs(EngineArgs, ShardArgs):
             errors.append(f"--max_batch_pixels {self.max_batch_pixels}: must be >= 1 (an image larger than this goes to the engine alone)")
         if errors:
             raise ValueError("; ".join(errors))
+        # Recorded absolute (stats.json, workers, the report): a run's own folder then names its
+        # images from any working directory.
+        self.image_folder = str(Path(self.image_folder).resolve())
 
 
 def input_records(args: SynthesizeArgs):
