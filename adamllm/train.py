@@ -176,14 +176,17 @@ def _flag_value(argv: list[str], flag: str, default: str) -> str:
     return default
 
 
-def prepare_data(data_args: DataArguments, training_args: TrainingArguments) -> str:
-    """The training records: --data_path, or the seed files merged into OUTPUT_DIR/seed_train.json."""
+def prepare_data(data_args: DataArguments, training_args: TrainingArguments) -> tuple[str, bool]:
+    """The training records: --data_path, or the seed files merged into OUTPUT_DIR/seed_train.json.
+
+    Also whether every image was just decoded whole (by this run's merge), so need not be again.
+    """
     if data_args.data_path:
         summary = Path(data_args.data_path).with_name(Path(data_args.data_path).name.removesuffix(".json") + ".summary.json")
         if not data_args.blank_image_path and summary.exists():
             # merge-seed wrote the blank image's path into its records and its summary.
             data_args.blank_image_path = json.loads(summary.read_text())["blank_image_path"]
-        return data_args.data_path
+        return data_args.data_path, False
     from accelerate import PartialState
 
     from adamllm.seed import MergeSeedArgs, run_merge_seed
@@ -200,7 +203,7 @@ def prepare_data(data_args: DataArguments, training_args: TrainingArguments) -> 
                 replace_with_blank_image_percent=data_args.replace_with_blank_image_percent,
                 split="train", seed=training_args.seed,
             ))
-    return str(output)
+    return str(output), True
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> dict:
@@ -213,14 +216,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
 
     start = time.monotonic()
     out = Path(training_args.output_dir)
-    data_path = prepare_data(data_args, training_args)
+    data_path, images_checked = prepare_data(data_args, training_args)
     processor = load_processor(model_args.model_name_or_path)
     tokenizer = processor.tokenizer
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset = SeedDataset(
         data_path, processor, data_args.image_folder, data_args.blank_image_path,
-        training_args.model_max_length, out / "train_data.rejects.jsonl",
+        training_args.model_max_length, out / "train_data.rejects.jsonl", images_checked,
     )
     if not len(dataset):
         raise ValueError(f"no usable training record in {data_path}; see {out / 'train_data.rejects.jsonl'}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from adamllm.formats import RecordError, Rejects, check_unicode, iter_json_records
-from adamllm.images import check_image, open_image, resolve_image_path
+from adamllm.images import check_image, image_size, open_image, resolve_image_path
 from adamllm.model_io import image_token_count
 from adamllm.prompts import ASSISTANT, CAPTION_HINT, IMAGE_TAG, USER, Turn, synthesizer_prompt, training_text
 
@@ -57,12 +57,17 @@ def _turns(record: dict) -> list[Turn]:
 class SeedDataset(torch.utils.data.Dataset):
     """Training records of `adamllm merge-seed`, tokenized lazily: each image is opened when drawn.
 
-    The constructor reads every record's text and image header (not its pixels) to know each
-    sequence's length: for grouping by length, and to count, before training starts, the records that
-    will be truncated or cannot be used (written to `rejects_path` with the reason).
+    The constructor reads every record's text and image to know each sequence's length: for grouping
+    by length, and to count, before training starts, the records that will be truncated or cannot be
+    used (written to `rejects_path` with the reason). Each image is decoded whole, so a truncated file
+    is a reject now rather than a crash mid-training; `images_checked` (the merge of this very run
+    decoded them all) reads only their headers.
     """
 
-    def __init__(self, data_path: str, processor, image_folder: str, blank_image_path: str, model_max_length: int, rejects_path: Path):
+    def __init__(
+        self, data_path: str, processor, image_folder: str, blank_image_path: str, model_max_length: int,
+        rejects_path: Path, images_checked: bool = False,
+    ):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.max_length = model_max_length
@@ -82,7 +87,7 @@ class SeedDataset(torch.utils.data.Dataset):
                 if is_blank and os.path.abspath(record["image"]) != blank:
                     raise RecordError("unsafe_image_path", f"{record['image']} is neither a base name in the image folder nor --blank_image_path")
                 path = Path(blank) if is_blank else resolve_image_path(image_folder, record["image"])
-                width, height = check_image(path)
+                width, height = image_size(path) if images_checked else check_image(path)
                 text = training_text(turns, image_token)
                 image_tokens = image_token_count(processor, width, height)
                 length = len(self.tokenizer(text).input_ids) - 1 + image_tokens

@@ -152,3 +152,24 @@ def test_tune_synthesizer_checks_its_inputs_before_torchrun(tiny_models, tmp_pat
         assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, name
         assert len(result.stderr.strip().splitlines()) <= 3, (name, result.stderr)
         assert time.monotonic() - start < 60, name
+
+
+def test_training_set_rejects_a_truncated_image_before_training(tiny_models, tmp_path):
+    from adamllm.fixtures import make_seed_fixtures
+    from adamllm.model_io import load_processor
+    from adamllm.seed import MergeSeedArgs, run_merge_seed
+    from adamllm.train_data import SeedDataset
+    from test_hostile_inputs import truncated_jpeg
+
+    seed = make_seed_fixtures(tmp_path / "seed", num_images=12, seed=4)
+    merged = tmp_path / "train.json"
+    run_merge_seed(MergeSeedArgs(
+        caption_path=str(seed["caption"]), precise_qa_path=str(seed["precise"]), informative_qa_path=str(seed["informative"]),
+        output=str(merged), blank_image_path=str(tmp_path / "blank.png"), replace_with_blank_image_percent=0,
+    ))
+    victim = read_json(merged)[0]["image"]
+    truncated_jpeg(seed["image_folder"] / victim)  # a JPEG under a .png name: PIL reads the content
+    dataset = SeedDataset(str(merged), load_processor(str(tiny_models["synthesizer"])), str(seed["image_folder"]),
+                          str(tmp_path / "blank.png"), 6144, tmp_path / "rejects.jsonl")
+    assert dataset.counts["rejected_image_unreadable"] == 1 and len(dataset) == len(read_json(merged)) - 1
+    assert all(dataset[i]["input_ids"].numel() for i in range(len(dataset)))  # every kept image decodes
