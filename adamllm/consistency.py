@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adamllm.engines import EngineArgs, GenParams, Request, build_engine, check_engine_args
+from adamllm import run_folder
+from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args
 from adamllm.formats import (
     COLLECTED_QA,
     CONSISTENCY,
@@ -32,12 +32,13 @@ from adamllm.formats import (
 )
 from adamllm.parse import collect_triplet, parse_pairs, parse_verdict
 from adamllm.prompts import check_filter_template, default_filter_template, filter_prompt
-from adamllm.shards import ShardArgs, check_shard_args, input_fingerprint, run_sharded_stage
+from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
+from adamllm.shards import input_fingerprint
 from adamllm.stats import update_stats
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FILE = "filtered_task_pairs.jsonl"
+OUTPUT_FILE = run_folder.FILTERED_FILE
 LOGPROBS = "consistency_logprobs"
 MODES = ("generate", "logprob")
 # The verdict words as the checker writes them after "## Consistent:".
@@ -45,7 +46,7 @@ CANDIDATES = {"yes": " Yes", "no": " No", "open": " Open"}
 
 
 @dataclass
-class FilterArgs(EngineArgs, ShardArgs):
+class FilterArgs(EngineArgs, ExecutorArgs):
     data_path: str = field(default="", metadata={"help": "syn_task_triplets.jsonl written by `adamllm synthesize`.", "required": True})
     output_dir: str = field(default="", metadata={"help": "Where filtered_task_pairs.jsonl, its shards and stats.json go.", "required": True})
     mode: str = field(default="generate", metadata={"help": "generate: the paper's 2 greedy tokens, first word; logprob: one step, likeliest of Yes/No/Open.", "choices": list(MODES)})
@@ -53,7 +54,7 @@ class FilterArgs(EngineArgs, ShardArgs):
     prefix_caching: bool = field(default=True, metadata={"help": "vLLM: serve the shared instruction + examples of every prompt from the prefix cache."})
 
     def __post_init__(self):
-        errors = check_engine_args(self, "checker") + check_shard_args(self)
+        errors = check_engine_args(self, "checker") + check_executor_args(self)
         for name in ("data_path", "output_dir"):
             if not getattr(self, name):
                 errors.append(f"--{name} is required")
@@ -103,41 +104,73 @@ def candidate_ids(tokenizer) -> dict[str, int]:
     return ids
 
 
-def make_process(args: FilterArgs):
-    """The batch function of the filter: collect each triplet, ask the checker about it."""
-    template = args.template()
-    # A run whose records hold no triplet at all (a failed synthesis) never pays for loading the
-    # checker; the scan stops at the first triplet, so it costs nothing otherwise.
-    engine = params = None
-    if any(isinstance(r, dict) and collect(r)[COLLECTED_QA] is not None for r in read_jsonl(args.data_path)):
-        engine = build_engine(args, multimodal=False, prefix_caching=args.prefix_caching)
-        eos = [engine.tokenizer.eos_token_id]
-        if args.mode == "logprob":
-            params = GenParams(max_tokens=1, stop_token_ids=eos, candidates=candidate_ids(engine.tokenizer))
-        else:
-            params = GenParams(max_tokens=2, stop_token_ids=eos)
+class FilterStage:
+    """Stage 2b as a model stage (adamllm.stage.Stage): a triplet in, the checker's verdict out."""
 
-    def process(batch, stats):
-        out = [collect(record) for _, record in batch]
-        todo = [r for r in out if r[COLLECTED_QA] is not None]
-        if todo:
-            requests = [Request(filter_prompt(r[COLLECTED_QA]["Q"], r[COLLECTED_QA]["informative_A"], r[COLLECTED_QA]["precise_A"], template)) for r in todo]
-            start = time.monotonic()
-            generations = engine.generate(requests, params)
-            stats["engine_s"] = stats.get("engine_s", 0.0) + time.monotonic() - start
-            for record, gen in zip(todo, generations):
-                if args.mode == "logprob":
-                    found = gen.candidate_logprobs
-                    record[CONSISTENCY] = max(found, key=found.get) if found else "invalid"
-                    record[LOGPROBS] = found
-                else:
-                    record[CONSISTENCY] = parse_verdict(gen.text)
-                stats["prompt_tokens"] = stats.get("prompt_tokens", 0) + gen.prompt_tokens
-                stats["cached_prompt_tokens"] = stats.get("cached_prompt_tokens", 0) + gen.cached_tokens
-                stats["output_tokens"] = stats.get("output_tokens", 0) + len(gen.token_ids)
+    name = "filter"
+    output_file = OUTPUT_FILE
+
+    def __init__(self, args: FilterArgs):
+        self.args = args
+        self.template = args.template()
+        self.pending: dict[int, dict] = {}  # collected records waiting for their verdict
+
+    def records(self):
+        last = -1
+        for index, record in enumerate(iter_input_records(self.args.data_path)):
+            syn_id = record.get(SYN_ID) if isinstance(record, dict) else None
+            if not isinstance(syn_id, int) or syn_id <= last:
+                raise ValueError(
+                    f"{self.args.data_path}: record {index} has syn_id {syn_id!r}; the filter's input needs an integer "
+                    "syn_id per record, each once, in increasing order (as `adamllm synthesize` writes them)"
+                )
+            last = syn_id
+            yield syn_id, record
+
+    def fingerprint(self) -> dict:
+        a = self.args
+        return input_fingerprint(
+            a.data_path, model=a.model, mode=a.mode, prompt_sha256=hashlib.sha256(self.template.encode()).hexdigest(),
+        )
+
+    def load(self):
+        # A run whose records hold no triplet at all (a failed synthesis) never pays for loading the
+        # checker; the scan stops at the first triplet, so it costs nothing otherwise.
+        if not any(isinstance(r, dict) and collect(r)[COLLECTED_QA] is not None for r in read_jsonl(self.args.data_path)):
+            return None, None
+        engine = build_engine(self.args, multimodal=False, prefix_caching=self.args.prefix_caching)
+        eos = [engine.tokenizer.eos_token_id]
+        if self.args.mode == "logprob":
+            return engine, GenParams(max_tokens=1, stop_token_ids=eos, candidates=candidate_ids(engine.tokenizer))
+        return engine, GenParams(max_tokens=2, stop_token_ids=eos)
+
+    def prepare(self, syn_id: int, record) -> Request:
+        out = collect(record)
+        qa = out[COLLECTED_QA]
+        if qa is None:
+            raise RecordError(error_reason(out) or "no_triplet", "no triplet to judge")
+        self.pending[syn_id] = out
+        return Request(filter_prompt(qa["Q"], qa["informative_A"], qa["precise_A"], self.template))
+
+    def finish(self, syn_id: int, record, generation: Generation) -> dict:
+        out = self.pending.pop(syn_id)
+        if self.args.mode == "logprob":
+            found = generation.candidate_logprobs
+            out[CONSISTENCY] = max(found, key=found.get) if found else "invalid"
+            out[LOGPROBS] = found
+        else:
+            out[CONSISTENCY] = parse_verdict(generation.text)
         return out
 
-    return process
+    def reject(self, syn_id: int, record, error: RecordError) -> dict:
+        self.pending.pop(syn_id, None)
+        return collect(record)  # the record as collected: without a triplet, its error says why
+
+    def kept(self, output: dict) -> bool:
+        return output.get(CONSISTENCY) == "yes"
+
+    def add_costs(self, stats: dict) -> None:
+        pass
 
 
 def tally(output: Path) -> dict:
@@ -163,38 +196,10 @@ def tally(output: Path) -> dict:
 
 def run_filter(args: FilterArgs) -> dict | None:
     """Run (or resume) the consistency filter; the stage's stats, or None while shards still run."""
-    from adamllm.cli.args import to_argv
-
-    out_dir = Path(args.output_dir)
-
-    def records():
-        last = -1
-        for index, record in enumerate(iter_input_records(args.data_path)):
-            syn_id = record.get(SYN_ID) if isinstance(record, dict) else None
-            if not isinstance(syn_id, int) or syn_id <= last:
-                raise ValueError(
-                    f"{args.data_path}: record {index} has syn_id {syn_id!r}; the filter's input needs an integer "
-                    "syn_id per record, each once, in increasing order (as `adamllm synthesize` writes them)"
-                )
-            last = syn_id
-            yield syn_id, record
-
-    costs = run_sharded_stage(
-        args,
-        "filter",
-        to_argv(args),
-        records=records,
-        out_dir=out_dir,
-        stage_file=OUTPUT_FILE,
-        make_process=lambda: make_process(args),
-        fingerprint=input_fingerprint(
-            args.data_path, model=args.model, mode=args.mode,
-            prompt_sha256=hashlib.sha256(args.template().encode()).hexdigest(),
-        ),
-        kept=lambda r: r.get(CONSISTENCY) == "yes",
-    )
+    costs = run_stage(FilterStage(args))
     if costs is None:
         return None
+    out_dir = Path(args.output_dir)
     stats = {**tally(out_dir / OUTPUT_FILE), **costs}
     stats["prompt_tokens_computed"] = stats.get("prompt_tokens", 0) - stats.get("cached_prompt_tokens", 0)
     update_stats(out_dir, "filter", stats, args)

@@ -12,47 +12,41 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from adamllm.consistency import MODES, FilterArgs, check_prompt_file, run_filter
-from adamllm.consistency import OUTPUT_FILE as FILTERED_FILE
-from adamllm.engines import ENGINES
+from adamllm.engines import EngineSettings
+from adamllm.executors import ExecutorArgs, check_executor_args
 from adamllm.formats import STYLES, describe_os_error
 from adamllm.model_io import check_model
 from adamllm.posttrain import FormatArgs, run_format
-from adamllm.stats import STATS_FILE, update_stats
-from adamllm.synthesize import OUTPUT_FILE as TRIPLETS_FILE
+from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPLETS_FILE
+from adamllm.stats import update_stats
 from adamllm.synthesize import SynthesizeArgs, run_synthesize
 
 log = logging.getLogger(__name__)
 
-FINAL_FILE = "image_caption_and_synthetic_task.json"
 
 
 @dataclass
-class RunArgs:
+class RunArgs(EngineSettings, ExecutorArgs):
+    """`adamllm run`: the engine and executor flags are those of synthesize and filter (inherited, so
+    their help and checks are the same); the rest names the two models and what format does."""
+
     synthesizer: str = field(default="", metadata={"help": "Synthesizer folder or hub id, e.g. AdaptLLM/visual-instruction-synthesizer.", "required": True})
     checker: str = field(default="", metadata={"help": "Consistency checker (a text LLM) folder or hub id, e.g. meta-llama/Meta-Llama-3-8B.", "required": True})
     data_path: str = field(default="", metadata={"help": "Image-caption pairs: a JSON list (or JSONL) of {images, messages} records.", "required": True})
     image_folder: str = field(default="", metadata={"help": "Folder the records' image paths are relative to.", "required": True})
     output_dir: str = field(default="", metadata={"help": "Where every stage writes (see README: files each stage writes).", "required": True})
-    engine: str = field(default="vllm", metadata={"help": "vllm or hf (transformers).", "choices": list(ENGINES)})
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype (auto: the checkpoint's; float32 on CPUs)."})
-    max_model_len: int = field(default=4096, metadata={"help": "Longest prompt + output, in tokens."})
-    batch_size: int = field(default=256, metadata={"help": "Records per engine call and per durable write."})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM: share of GPU memory to use."})
     max_new_tokens: int = field(default=512, metadata={"help": "Most tokens the synthesizer writes per record."})
     limit: int = field(default=0, metadata={"help": "Only the first N records (0: all)."})
+    max_batch_pixels: int = field(default=256_000_000, metadata={"help": "Synthesis: most decoded image pixels held at once (a batch of huge images goes to the engine in parts)."})
     mode: str = field(default="generate", metadata={"help": "Filter mode: generate (the paper's) or logprob.", "choices": list(MODES)})
     prompt_file: str = field(default="", metadata={"help": "Your own filter prompt file (with {Q}, {informative_A}, {precise_A})."})
     train_on_syn_only: bool = field(default=False, metadata={"help": "Write only records with a kept synthetic task."})
     style: str = field(default="llamafactory", metadata={"help": "Output form: llamafactory or llava.", "choices": list(STYLES)})
-    seed: int = field(default=42, metadata={"help": "Seed of template choice and caption placement."})
-    num_shards: int = field(default=1, metadata={"help": "Shards per stage (several GPUs in CUDA_VISIBLE_DEVICES: one per GPU)."})
-    shard_timeout_s: float = field(default=0.0, metadata={"help": "End worker processes still running after this many seconds (0: no limit)."})
-    overwrite: bool = field(default=False, metadata={"help": "When OUTPUT_DIR holds a stage's results for another input or other settings, delete them and start that stage over."})
-    max_batch_pixels: int = field(default=256_000_000, metadata={"help": "Synthesis: most decoded image pixels held at once (a batch of huge images goes to the engine in parts)."})
+    seed: int = field(default=42, metadata={"help": "Seed of template choice and caption placement (also handed to the engines, whose greedy decoding does not use it)."})
 
     def __post_init__(self):
         errors = [f"--{n} is required" for n in ("synthesizer", "checker", "data_path", "image_folder", "output_dir") if not getattr(self, n)]
@@ -66,13 +60,16 @@ class RunArgs:
             errors.append(f"--image_folder {self.image_folder}: no such folder")
         if self.prompt_file:
             errors.append(check_prompt_file(self.prompt_file))
+        if self.shard_index >= 0:
+            errors.append("--shard_index: run one shard per job with `adamllm synthesize` and `adamllm filter`, then `adamllm format`")
+        errors += check_executor_args(self)
         errors = [e for e in errors if e]
         if errors:
             raise ValueError("; ".join(errors))
 
     def engine_fields(self) -> dict:
-        keys = ("engine", "dtype", "max_model_len", "batch_size", "gpu_memory_utilization", "num_shards", "shard_timeout_s", "overwrite")
-        return {k: getattr(self, k) for k in keys}
+        """The engine and executor flags, as both model stages take them."""
+        return {f.name: getattr(self, f.name) for f in (*fields(EngineSettings), *fields(ExecutorArgs))}
 
 
 @contextmanager

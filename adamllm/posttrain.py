@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from adamllm import run_folder
 from adamllm.formats import (
     COLLECTED_QA,
     CONSISTENCY,
@@ -183,8 +184,8 @@ def run_format(args: FormatArgs) -> FormatSummary:
     """Write the post-training file, its rejects, its summary and its `dataset_info.json` entry."""
     output = Path(args.output)
     out_dir = output.parent
-    stem = output.name.removesuffix(".json")
-    rejects = Rejects(out_dir / f"{stem}.rejects.jsonl")
+    stem = run_folder.stem(output.name)
+    rejects = Rejects(run_folder.rejects_path(output))
     summary = FormatSummary(output=str(output))
     seen: set[int] = set()  # syn_ids formatted so far: a few bytes each, even for millions of records
 
@@ -205,7 +206,7 @@ def run_format(args: FormatArgs) -> FormatSummary:
     summary.rejected = dict(rejects.counts)
     summary.rejects_file = str(rejects.path) if rejects.total else ""
     update_dataset_info(out_dir, stem, dataset_info_entry(output.name, args.style))
-    write_json(out_dir / f"{stem}.summary.json", asdict(summary))
+    write_json(run_folder.summary_path(output), asdict(summary))
     log.info(
         "format: %d records in, %d written (%d with a synthetic task), %d rejected %s",
         summary.records_in, summary.records_out, summary.synthetic_tasks, rejects.total, summary.rejected,

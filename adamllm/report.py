@@ -21,16 +21,12 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from adamllm.consistency import OUTPUT_FILE as FILTERED_FILE
 from adamllm.formats import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, RecordError, iter_json_records
 from adamllm.images import load_image
 from adamllm.parse import parse_pairs
-from adamllm.pipeline import FINAL_FILE
 from adamllm.report_html import TRIPLET_KEYS, Card, render
-from adamllm.stats import STATS_FILE
-from adamllm.synthesize import OUTPUT_FILE as TRIPLETS_FILE
+from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, REPORT_FILE, STATS_FILE, TRIPLETS_FILE, fingerprint_files, rejects_path
 
-REPORT_FILE = "report.html"
 THUMBNAIL = 160
 
 
@@ -156,9 +152,9 @@ def load_cards(out_dir: Path, thumbnail: Thumbnails) -> list[Card]:
     The final file holds the filtered records in order, less those format rejected (by index).
     """
     final_path = out_dir / FINAL_FILE
-    rejects_path = out_dir / FINAL_FILE.replace(".json", ".rejects.jsonl")
+    format_rejects = rejects_path(final_path)
     rejected = {
-        row["index"] for row in (_records(rejects_path) if rejects_path.exists() else ())
+        row["index"] for row in (_records(format_rejects) if format_rejects.exists() else ())
         if isinstance(row, dict) and type(row.get("index")) is int
     }
     finals = _records(final_path) if final_path.exists() else iter(())
@@ -174,8 +170,7 @@ def _recorded_image_folder(out_dir: Path) -> tuple[Path, str] | None:
 
     The newest file: one left from a run with another shard count may name an older folder.
     """
-    stem = TRIPLETS_FILE.removesuffix(".jsonl")
-    paths = [p for p in (out_dir / "shards").glob(f"{stem}.input-of-*.json") if p.is_file()]
+    paths = [p for p in fingerprint_files(out_dir, TRIPLETS_FILE) if p.is_file()]
     if not paths:
         return None
     path = max(paths, key=lambda p: p.stat().st_mtime_ns)

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from adamllm import run_folder
 from adamllm.formats import RecordError, Rejects, check_unicode, iter_input_records, write_json, write_json_list
 from adamllm.images import check_image, ensure_blank_image, resolve_image_path
 from adamllm.prompts import (
@@ -212,8 +213,7 @@ def training_record(name: str, seed_image: SeedImage, image: str, seed: int) -> 
 def run_merge_seed(args: MergeSeedArgs) -> dict:
     """Write the merged split, its rejects and its summary; return the summary."""
     output = Path(args.output)
-    stem = output.name.removesuffix(".json")
-    rejects = Rejects(output.with_name(f"{stem}.rejects.jsonl"))
+    rejects = Rejects(run_folder.rejects_path(output))
     counts: Counter = Counter()
     images = read_seed(args, rejects, counts)
     record_rejects = dict(rejects.counts)
@@ -271,7 +271,7 @@ def run_merge_seed(args: MergeSeedArgs) -> dict:
         "per_task": per_task,
         "args": asdict(args),
     }
-    write_json(output.with_name(f"{stem}.summary.json"), summary)
+    write_json(run_folder.summary_path(output), summary)
     log.info(
         "merge-seed: %d images seen, %d joined, %d dropped %s; wrote %d %s records (%d blank) to %s",
         summary["images_seen"], summary["images_joined"], sum(dropped.values()), dict(dropped),

