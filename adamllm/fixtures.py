@@ -11,12 +11,13 @@ the same few facts.
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from adamllm.formats import write_json_list
+from adamllm.formats import iter_input_records, write_json_list
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
 BACKGROUNDS = {"white": (250, 250, 250), "gray": (128, 128, 128), "black": (15, 15, 15)}
@@ -178,6 +179,25 @@ def make_caption_pairs(out_dir: str | Path, num_pairs: int, seed: int = 0) -> di
                 ],
             }
         )
+    data_path = out / "image_caption_pairs.json"
+    write_json_list(data_path, records)
+    return {"data_path": data_path, "image_folder": folder}
+
+
+def combine_caption_pairs(out_dir: str | Path, sources: dict[str, tuple[str | Path, str | Path]]) -> dict[str, Path]:
+    """Write one stage-2 input from several: `sources` maps a name to (pairs file, image folder); each
+    source's images are copied to OUT_DIR/images/NAME/ and its records' image paths prefixed with NAME/,
+    so every path stays relative and inside the one image folder. Returns data_path, image_folder."""
+    out = Path(out_dir)
+    folder = out / "images"
+    records = []
+    for name, (data_path, image_folder) in sources.items():
+        for record in iter_input_records(data_path):
+            for image in record["images"]:
+                target = folder / name / image
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(image_folder) / image, target)
+            records.append({**record, "images": [f"{name}/{image}" for image in record["images"]]})
     data_path = out / "image_caption_pairs.json"
     write_json_list(data_path, records)
     return {"data_path": data_path, "image_folder": folder}

@@ -73,7 +73,11 @@ class ShardWriter:
         self._fh = open(path, "a", encoding="utf-8")
 
     def write(self, records: Iterable[dict]) -> None:
-        self._fh.write("".join(json_line(r) + "\n" for r in records))
+        self.write_lines(json_line(r) for r in records)
+
+    def write_lines(self, lines: Iterable[str]) -> None:
+        """Records already serialized (one JSON text each, as `json_line` makes them)."""
+        self._fh.write("".join(line + "\n" for line in lines))
         self._fh.flush()
         os.fsync(self._fh.fileno())
 

@@ -93,6 +93,27 @@ def run_batch(loaded: Loaded, batch: list[tuple[int, Any]], stats: dict) -> list
     return [out[syn_id] for syn_id, _ in batch]
 
 
+def run_batch_isolating(loaded: Loaded, batch: list[tuple[int, Any]], stats: dict) -> list[dict]:
+    """`run_batch`, but an unexpected error in one record rejects that record (`stage_error`) instead
+    of losing the batch: the batch is redone record by record to find it. When every record fails
+    alone too, the fault is the worker's (the engine, the machine), not the data: it is raised."""
+    try:
+        return run_batch(loaded, batch, stats)
+    except Exception as batch_error:
+        if len(batch) == 1:
+            raise
+        out, failed = [], 0
+        for item in batch:
+            try:
+                out += run_batch(loaded, [item], stats)
+            except Exception as e:
+                failed += 1
+                out.append(loaded.stage.reject(*item, RecordError("stage_error", f"{type(e).__name__}: {e}")))
+        if failed == len(batch):
+            raise batch_error
+        return out
+
+
 def add(stats: dict, **costs: float) -> None:
     """Accumulate costs into a stats dict (they add up over batches, resumed runs and shards)."""
     for key, value in costs.items():

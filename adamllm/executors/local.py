@@ -22,7 +22,7 @@ from pathlib import Path
 from adamllm import run_folder
 from adamllm.formats import clean_stale_tmp, write_json
 from adamllm.shards import Shard, ShardWriter, batches, check_fingerprint, merge_shards, recover, stats_file
-from adamllm.stage import Stage, load, run_batch
+from adamllm.stage import Stage, load, run_batch_isolating
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def run_shards(stage: Stage, shards: list[Shard]) -> None:
             start = time.monotonic()
             loaded = load(stage)
             stats["engine_load_s"] = stats.get("engine_load_s", 0.0) + time.monotonic() - start
-        return run_batch(loaded, batch, stats)
+        return run_batch_isolating(loaded, batch, stats)
 
     for shard in shards:
         desc = f"{stage.name} shard {shard.index + 1}/{shard.count}"

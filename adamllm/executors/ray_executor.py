@@ -1,0 +1,230 @@
+"""The Ray executor: a stage's batches run in a pool of Ray actors (one per GPU), on one machine or a
+cluster, through Ray Data.
+
+    adamllm run ... --executor ray                          # a local Ray instance with this machine's CPUs/GPUs
+    adamllm run ... --executor ray --ray_address auto       # the cluster `ray start --head` started here
+
+The input streams in from read tasks that run on the cluster (the driver only counts records); each
+actor loads the engine once and runs the same batch function as the local executor; results come
+back in input order (Ray Data's `preserve_order`) and the driver appends them durably to the same
+shard file an unsharded local run writes, so a driver killed with `kill -9` resumes from it, and
+the merged output is byte-identical to the local executor's. Ray restarts an actor that dies and
+retries its batch; a record that fails inside an actor is rejected with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from ray.data import Datasource
+
+from adamllm import run_folder
+from adamllm.formats import json_line, write_json
+from adamllm.shards import Shard, ShardWriter, recover, stats_file
+from adamllm.stage import Stage, add, load, run_batch_isolating
+
+log = logging.getLogger(__name__)
+
+# Environment a driver hands its actors (a local instance inherits it anyway; a cluster does not).
+FORWARDED_ENV = ("HF_", "VLLM_", "TOKENIZERS_", "OMP_NUM_THREADS", "TRANSFORMERS_")
+LOCAL_OBJECT_STORE_BYTES = 1 << 30  # blocks hold JSON text; the images are decoded inside the actors
+MAX_READ_TASKS = 64
+ACTOR_START_TIMEOUT_S = 3600
+
+
+class StageActor:
+    """One Ray actor: builds its stage from data, loads the engine once, runs batches.
+
+    Subclassed per run with the stage's name and arguments as class attributes (`_actor_class`):
+    Ray keeps constructor arguments in its object store, and warns that an actor restarted after
+    losing them could not be rebuilt.
+    """
+
+    stage_name: str = ""
+    args: dict = {}
+
+    def __init__(self):
+        import ray
+        import transformers
+
+        from adamllm.worker import build_stage
+
+        transformers.utils.logging.disable_progress_bar()  # one bar per actor start is noise in the driver's log
+        start = time.monotonic()
+        self.loaded = load(build_stage(self.stage_name, self.args))
+        self.load_s = time.monotonic() - start
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: dict) -> dict:
+        stats: dict = {}
+        if self.load_s:
+            stats["engine_load_s"], self.load_s = self.load_s, 0.0
+        start = time.monotonic()
+        items = [(int(i), json.loads(text)) for i, text in zip(batch["syn_id"], batch["record"])]
+        out = run_batch_isolating(self.loaded, items, stats)
+        stats["wall_s"] = time.monotonic() - start
+        stats["nodes"] = [self.node]
+        return {
+            "syn_id": [i for i, _ in items],
+            "output": [json_line(o) for o in out],
+            "kept": [self.loaded.stage.kept(o) for o in out],
+            # One row per batch carries its costs; the driver adds them up.
+            "stats": [json.dumps(stats)] + [""] * (len(out) - 1),
+        }
+
+
+def run_ray(stage: Stage) -> None:
+    """Run the stage's records not yet in its shard file through Ray; leaves the shard done."""
+    from tqdm import tqdm
+
+    args = stage.args
+    out_dir = Path(args.output_dir)
+    shard = Shard(0, 1)
+    path = shard.path(out_dir, stage.output_file)
+    marker = run_folder.done_marker(path)
+    marker.unlink(missing_ok=True)
+    done = set(recover(path))
+    total = sum(1 for _ in stage.records())  # streamed: checks the input, lists nothing
+    todo = total - len(done)
+    stats_path = stats_file(path)
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    nodes = set(stats.pop("nodes", []))
+    if todo:
+        _connect(args.ray_address)
+        dataset = _dataset(stage, total, done)
+        writer = ShardWriter(path)
+        n_kept = 0
+        start = time.monotonic()
+        try:
+            with tqdm(total=total, initial=len(done), desc=f"{stage.name} (ray)", unit="rec", dynamic_ncols=True) as bar:
+                for block in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                    writer.write_lines(block["output"])
+                    for row in block["stats"]:
+                        if row:
+                            costs = json.loads(row)
+                            nodes.update(costs.pop("nodes"))
+                            costs["worker_wall_s"] = costs.pop("wall_s")
+                            add(stats, **costs)
+                    n_kept += int(block["kept"].sum())
+                    stats["wall_s"] = stats.get("wall_s", 0.0) + time.monotonic() - start
+                    start = time.monotonic()
+                    write_json(stats_path, {**stats, "nodes": sorted(nodes)})
+                    bar.set_postfix(kept=n_kept, resumed=len(done), refresh=False)
+                    bar.update(len(block["output"]))
+        finally:
+            writer.close()
+    stats["ray_nodes"] = len(nodes)
+    write_json(stats_path, {**stats, "nodes": sorted(nodes)})
+    write_json(marker, {"records": len(recover(path))})
+
+
+def _connect(address: str) -> None:
+    """Join the cluster at `address`, or start a local instance with this machine's CPUs and GPUs."""
+    import ray
+    from ray.data import DataContext
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    # Ray's start-up and per-dataset INFO lines, and the notice that progress bars are off, bury the
+    # driver's own progress bar and counts; errors still surface as exceptions.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    for handler in logging.getLogger("ray").handlers:
+        handler.addFilter(lambda record: "Token authentication is enabled" not in record.getMessage())
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
+        else:
+            ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False, logging_level=logging.WARNING)
+    context = DataContext.get_current()
+    context.execution_options.preserve_order = True  # results in syn_id order: the shard file stays sorted
+    context.enable_progress_bars = False  # the driver shows one bar, with counts
+    # Start batches once every actor has loaded its engine, so the work spreads over all of them
+    # (the first engine up would otherwise take every batch of a short run). Loading an 8B model
+    # from the hub can take minutes; the number of workers was checked against the cluster first.
+    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+
+
+def _dataset(stage: Stage, total: int, done: set[int]):
+    """Records not yet done, read on the cluster in syn_id ranges, mapped by a pool of StageActors."""
+    import ray
+
+    args = stage.args
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    workers = args.num_workers or gpus or 1
+    have = gpus or int(resources.get("CPU", 0))
+    if workers > have:
+        raise RuntimeError(
+            f"--num_workers {workers}: the Ray cluster has {have} {'GPUs' if gpus else 'CPUs'}, one per worker; "
+            "lower --num_workers or add nodes"
+        )
+    n_tasks = max(1, min(MAX_READ_TASKS, (total - len(done)) // args.batch_size + 1))
+    source = _RecordSource(stage, total, done, n_tasks)
+    # Reads claim no CPU: with every CPU held by an engine actor they must still run, or, the order
+    # of blocks being preserved, the actors would wait for a read that waits for a CPU.
+    dataset = ray.data.read_datasource(source, override_num_blocks=n_tasks, num_cpus=0)
+    return dataset.map_batches(
+        _actor_class(stage),
+        batch_size=args.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_gpus=1 if gpus else 0,
+        num_cpus=0 if gpus else 1,
+    )
+
+
+def _actor_class(stage: Stage) -> type:
+    from dataclasses import asdict
+
+    # The actors run batches; they neither shard nor start executors of their own.
+    args = {**asdict(stage.args), "executor": "local", "ray_address": "", "num_workers": 0, "num_shards": 1, "shard_index": 0}
+    return type("StageActor", (StageActor,), {"stage_name": stage.name, "args": args})
+
+
+class _RecordSource(Datasource):
+    """The stage's records as Ray Data blocks: read task k streams the input and keeps its own syn_id
+    range (records come in increasing syn_id order, so it stops at the range's end)."""
+
+    def __init__(self, stage: Stage, total: int, done: set[int], n_tasks: int):
+        self.stage, self.total, self.done, self.n_tasks = stage, total, done, n_tasks
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+        from ray.data import ReadTask
+        from ray.data.block import BlockMetadata
+
+        bounds = [self.total * k // self.n_tasks for k in range(self.n_tasks + 1)]
+        tasks = []
+        for lo, hi in zip(bounds, bounds[1:]):
+            done = {i for i in self.done if lo <= i < hi}
+            if hi - lo - len(done) <= 0:
+                continue
+            metadata = BlockMetadata(num_rows=hi - lo - len(done), size_bytes=None, exec_stats=None, input_files=None)
+            tasks.append(ReadTask(_reader(self.stage, lo, hi, done), metadata))
+        return tasks
+
+
+def _reader(stage: Stage, lo: int, hi: int, done: set[int], rows_per_block: int = 256):
+    def read():
+        import pyarrow as pa
+
+        ids, texts = [], []
+        for syn_id, record in stage.records():
+            if syn_id >= hi:
+                break
+            if syn_id < lo or syn_id in done:
+                continue
+            ids.append(syn_id)
+            texts.append(json_line(record))
+            if len(ids) == rows_per_block:
+                yield pa.table({"syn_id": ids, "record": texts})
+                ids, texts = [], []
+        if ids:
+            yield pa.table({"syn_id": ids, "record": texts})
+
+    return read
