@@ -13,9 +13,9 @@ import argparse
 import logging
 import sys
 
-from adamllm.cli import filter, fixtures, format_data, merge_seed, report, run, synthesize, tiny_models, train
+from adamllm.cli import convert_llava, filter, fixtures, format_data, merge_seed, report, run, synthesize, tiny_models, train
 
-COMMANDS = (merge_seed, train, run, synthesize, filter, format_data, report, tiny_models, fixtures)
+COMMANDS = (merge_seed, train, run, synthesize, filter, format_data, report, convert_llava, tiny_models, fixtures)
 
 EPILOG = """\
 The pipeline:
@@ -28,6 +28,7 @@ The pipeline:
             adamllm format ...              filtered triplets -> post-training data
             adamllm report OUTPUT_DIR       OUTPUT_DIR/report.html: the path of every record
             cd QA-Synthesizer/vllm_inference && bash run_synthesis.sh SYNTHESIZER CHECKER PAIRS IMAGES OUT
+  models    adamllm convert-llava SRC OUT          a LLaVA-repo checkpoint (the paper's base) -> llava-hf layout
   testing   adamllm make-tiny-models exp/tiny
             adamllm make-seed-fixtures exp/seed_fixtures --num_images 40
 """

@@ -1,0 +1,140 @@
+"""adamllm convert-llava on a tiny checkpoint in the LLaVA repository's layout, built here from the tiny
+llava-hf synthesizer: every weight back in place, the same logits, and the result serves in vLLM."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adamllm import prompts
+from conftest import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+# llava-hf prefix -> the LLaVA repository's (written here on its own, not taken from the converter).
+TO_LLAVA_REPO = {
+    "language_model.model.": "model.",
+    "language_model.lm_head.": "lm_head.",
+    "multi_modal_projector.linear_1.": "model.mm_projector.0.",
+    "multi_modal_projector.linear_2.": "model.mm_projector.2.",
+    "image_newline": "model.image_newline",
+    "vision_tower.vision_model.": "model.vision_tower.vision_tower.vision_model.",
+}
+
+
+def hf_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def llava_repo_key(key: str) -> str:
+    prefix = next(p for p in TO_LLAVA_REPO if key.startswith(p))
+    return TO_LLAVA_REPO[prefix] + key[len(prefix):]
+
+
+def make_llava_repo_checkpoint(synthesizer: Path, out: Path, with_tower=True, bin_weights=False, config_edit=None, weights_edit=None) -> Path:
+    """A LLaVA-repo LLaVA-NeXT (LlavaLlamaForCausalLM) holding the tiny synthesizer's weights, and the
+    CLIP folder its mm_vision_tower names."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    hf = json.loads((synthesizer / "config.json").read_text())
+    weights = hf_weights(synthesizer)
+    clip = out / "clip"
+    tower = CLIPVisionModel(CLIPVisionConfig(**{k: v for k, v in hf["vision_config"].items() if k not in ("model_type", "transformers_version")}))
+    prefix = "vision_tower.vision_model."
+    tower.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    tower.save_pretrained(clip)
+    size = hf["vision_config"]["image_size"]
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(clip)
+
+    src = out / "llava-repo"
+    src.mkdir(parents=True)
+    text = hf["text_config"]
+    config = {
+        "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama",
+        **{k: text[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "bos_token_id", "eos_token_id",
+                                "pad_token_id", "tie_word_embeddings")},
+        "rope_theta": text["rope_parameters"]["rope_theta"], "rope_scaling": None,
+        "mm_vision_tower": str(clip), "mm_projector_type": "mlp2x_gelu", "mm_hidden_size": hf["vision_config"]["hidden_size"],
+        "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "image_aspect_ratio": "anyres",
+        "image_grid_pinpoints": hf["image_grid_pinpoints"], "mm_patch_merge_type": "spatial_unpad", "mm_use_im_start_end": False,
+    }
+    (config_edit or (lambda c: None))(config)
+    (src / "config.json").write_text(json.dumps(config))
+    repo = {llava_repo_key(k): v for k, v in weights.items() if with_tower or not k.startswith("vision_tower.")}
+    repo["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)  # old checkpoints stored it
+    (weights_edit or (lambda w: None))(repo)
+    if bin_weights:
+        torch.save(repo, src / "pytorch_model.bin")
+    else:
+        save_file(repo, str(src / "model.safetensors"))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(synthesizer / name, src / name)
+    return src
+
+
+def convert(src: Path, out: Path, *extra):
+    return subprocess.run([sys.executable, "-m", "adamllm", "convert-llava", str(src), str(out), *extra], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("with_tower,bin_weights", [(True, False), (False, True)])
+def test_every_weight_returns_to_its_place(tiny_models, tmp_path, with_tower, bin_weights):
+    src = make_llava_repo_checkpoint(tiny_models["synthesizer"], tmp_path, with_tower=with_tower, bin_weights=bin_weights)
+    result = convert(src, tmp_path / "hf")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == str(tmp_path / "hf")  # BASE_MODEL=$(adamllm convert-llava ...)
+    original, converted = hf_weights(tiny_models["synthesizer"]), hf_weights(tmp_path / "hf")
+    assert sorted(original) == sorted(converted)
+    assert all(original[k].equal(converted[k]) for k in original)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] == "llava_next" and config["vision_feature_select_strategy"] == "default"
+    assert config["vision_feature_layer"] == -2 and config["image_grid_pinpoints"] == [[56, 112], [112, 56], [112, 112]]
+
+
+def test_same_logits_and_it_serves_in_vllm(tiny_models, tmp_path):
+    import torch
+    from PIL import Image
+
+    from adamllm.model_io import load_synthesizer
+
+    src = make_llava_repo_checkpoint(tiny_models["synthesizer"], tmp_path)
+    assert convert(src, tmp_path / "hf").returncode == 0
+    image = Image.open(ROOT / "data_samples" / "images" / "food_mince_pie.jpg").convert("RGB")
+    logits = []
+    for folder in (tiny_models["synthesizer"], tmp_path / "hf"):
+        model, processor = load_synthesizer(str(folder), torch.float32)
+        assert processor.image_token == "<|reserved_special_token_4|>"
+        inputs = processor(images=image, text=prompts.synthesizer_prompt("A mince pie on a plate.", processor.image_token), return_tensors="pt")
+        with torch.no_grad():
+            logits.append(model(**inputs).logits)
+    assert torch.equal(logits[0], logits[1])
+    result = subprocess.run(
+        [sys.executable, "-m", "adamllm", "synthesize", "--model", str(tmp_path / "hf"), "--data_path", str(ROOT / "data_samples" / "image_caption_pairs.json"),
+         "--image_folder", str(ROOT / "data_samples" / "images"), "--output_dir", str(tmp_path / "out"), "--limit", "2", "--max_new_tokens", "8"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(isinstance(r["pred"], str) for r in read_jsonl(tmp_path / "out" / "syn_task_triplets.jsonl"))
+
+
+@pytest.mark.parametrize("config_edit,weights_edit,message", [
+    (None, lambda w: w.pop("model.norm.weight"), "missing language_model.model.norm.weight"),
+    (None, lambda w: w.__setitem__("model.mm_projector.4.weight", w["model.mm_projector.2.weight"].clone()), "have no place in LlavaNext: model.mm_projector.4.weight"),
+    (lambda c: c.__setitem__("mm_projector_type", "linear"), None, "mm_projector_type 'linear': only mlp2x_gelu"),
+    (lambda c: c.__setitem__("image_aspect_ratio", "pad"), None, "image_aspect_ratio 'pad': LLaVA-NeXT's anyres is needed"),
+    (lambda c: c.pop("mm_vision_select_layer"), None, "mm_vision_select_layer is missing"),
+])
+def test_what_cannot_be_converted_is_named(tiny_models, tmp_path, config_edit, weights_edit, message):
+    src = make_llava_repo_checkpoint(tiny_models["synthesizer"], tmp_path, config_edit=config_edit, weights_edit=weights_edit)
+    result = convert(src, tmp_path / "hf")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "hf" / "config.json").exists()
