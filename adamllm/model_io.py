@@ -65,7 +65,7 @@ def check_model(name_or_path: str, role: str, flag: str) -> str:
     except ValueError as e:
         return f"{flag} {name_or_path}: {e}"
     if role == "synthesizer" and model_type not in SYNTHESIZER_TYPES:
-        hint = " (a LLaVA-repo checkpoint: convert it to the llava-hf layout first)" if model_type == "llava_llama" else ""
+        hint = " (a LLaVA-repo checkpoint: convert it first with `adamllm convert-llava`)" if model_type == "llava_llama" else ""
         text = " It looks like a text LLM: did you swap the synthesizer and the checker?" if model_type not in MULTIMODAL_TYPES else ""
         return (
             f"{flag} {name_or_path} is a {model_type or 'model without model_type'}, not a LLaVA-NeXT "
