@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamllm.formats import write_json
+from adamllm.model_io import model_config
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,11 @@ def convert(args: ConvertArgs) -> Path:
     config = json.loads((src / "config.json").read_text(encoding="utf-8"))
     check_config(config, args.src)
     tower = args.vision_tower or config["mm_vision_tower"]
+    try:
+        model_config(tower)
+    except ValueError as e:
+        where = "--vision_tower" if args.vision_tower else f"{args.src}'s mm_vision_tower"
+        raise ValueError(f"{where}: {e}; pass the CLIP vision model with --vision_tower") from None
     vision = CLIPVisionConfig.from_pretrained(tower)
     clip_processor = CLIPImageProcessor.from_pretrained(tower)
     tokenizer = AutoTokenizer.from_pretrained(str(src))
@@ -248,8 +254,6 @@ def _local_folder(name: str) -> Path:
         if not (path / "config.json").is_file():
             raise ValueError(f"{name} is a folder without config.json, not a checkpoint")
         return path
-    from adamllm.model_io import model_config
-
     model_config(name)  # "no folder X and no hub id X", gated, offline: said before a long download
     from huggingface_hub import snapshot_download
 

@@ -138,3 +138,14 @@ def test_what_cannot_be_converted_is_named(tiny_models, tmp_path, config_edit, w
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "hf" / "config.json").exists()
+
+
+def test_vision_tower_flag_supplies_a_tower_the_checkpoint_lacks(tiny_models, tmp_path):
+    src = make_llava_repo_checkpoint(tiny_models["synthesizer"], tmp_path, with_tower=False,
+                                     config_edit=lambda c: c.__setitem__("mm_vision_tower", "/nowhere/clip-vit"))
+    missing = convert(src, tmp_path / "first")
+    assert missing.returncode == 2 and "/nowhere/clip-vit" in missing.stderr and "Traceback" not in missing.stderr
+    result = convert(src, tmp_path / "hf", "--vision_tower", str(tmp_path / "clip"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    original, converted = hf_weights(tiny_models["synthesizer"]), hf_weights(tmp_path / "hf")
+    assert sorted(original) == sorted(converted) and all(original[k].equal(converted[k]) for k in original)
