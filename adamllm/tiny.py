@@ -179,7 +179,8 @@ def teach_verdicts(checker, tokenizer, steps: int, seed: int = 0) -> list[float]
 
     Consistent triplets (both answers from one scene) are labelled " Yes", inconsistent ones (the
     precise answer of another scene) " No". A few dozen steps make the tiny checker answer in the
-    filter's vocabulary, so the demo shows kept tasks; its verdicts on real data mean nothing.
+    filter's vocabulary, so the demo shows kept tasks. It learns the words, not the check: after 40
+    steps, or 200, it answered Yes to consistent and inconsistent triplets alike.
     """
     import random
 

@@ -198,35 +198,48 @@ def test_tune_synthesizer_zero3_two_processes_resume_and_vllm_load(tiny_models, 
 
 
 def test_stage1_feeds_stage2_a_trained_synthesizer_writes_parsable_triplets(tiny_models, tmp_path):
-    """Train the tiny synthesizer (one process) until it has learned the format, then synthesize."""
+    """Train the tiny synthesizer until it has learned its records by heart, then synthesize on their
+    captions: stage 2 renders the prompt stage 1 trained on, so the synthesizer writes the trained pairs."""
     from adamllm.parse import collect_triplet, parse_pairs
     from adamllm.synthesize import SynthesizeArgs, run_synthesize
-    from adamllm.train import main as train_main
 
-    fixtures = make_seed_fixtures(tmp_path / "seed", num_images=8, seed=3)
-    code = train_main([
+    fixtures = make_seed_fixtures(tmp_path / "seed", num_images=12, seed=3)
+    # Its own process with one thread, as tune_synthesizer.sh trains on a CPU. In this process torch
+    # would sum over as many threads as the machine has cores, or over one once a vLLM engine ran here
+    # (vLLM also turns torch.set_num_threads into a no-op), and the trained weights differ with the
+    # thread count; pinned, they are the same bits on every run, on a loaded machine or not.
+    result = subprocess.run([
+        sys.executable, "-m", "adamllm", "train",
         "--model_name_or_path", str(tiny_models["synthesizer"]), "--caption_path", str(fixtures["caption"]),
         "--precise_qa_path", str(fixtures["precise"]), "--informative_qa_path", str(fixtures["informative"]),
         "--image_folder", str(fixtures["image_folder"]), "--replace_with_blank_image_percent", "0",
         "--output_dir", str(tmp_path / "syn"), "--max_steps", "120", "--learning_rate", "3e-3",
-        "--per_device_train_batch_size", "4", "--lr_scheduler_type", "constant", "--save_strategy", "no",
-        "--logging_steps", "10", "--report_to", "none", "--use_cpu", "True",
-    ])
-    assert code == 0
+        "--per_device_train_batch_size", "4", "--lr_scheduler_type", "cosine", "--save_strategy", "no",
+        "--logging_steps", "10", "--report_to", "none", "--use_cpu", "True", "--disable_tqdm", "True",
+    ], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
     losses = [x["loss"] for x in read_json(tmp_path / "syn" / "training_summary.json")["loss_curve"]]
-    assert losses[-1] < 0.1 * losses[0]
-    captions = read_json(fixtures["caption"])
-    pairs = [{"images": [Path(c["image"]).name], "messages": [{"role": "user", "content": "<image>\nDescribe the image."},
-              {"role": "assistant", "content": c["conversations"][1]["value"]}]} for c in captions]
+    # The cosine schedule anneals to a loss where every trained token is near-certain: greedy decoding
+    # then follows the training text, whatever the rounding of the engine.
+    assert losses[-1] < 0.01, losses
+    records = read_json(tmp_path / "syn" / "seed_train.json")
+    pairs = [{"images": [r["image"]], "messages": [{"role": "user", "content": "<image>\nDescribe the image."},
+              {"role": "assistant", "content": r["conversations"][1]["value"]}]} for r in records]
     (tmp_path / "pairs.json").write_text(json.dumps(pairs))
     run_synthesize(SynthesizeArgs(model=str(tmp_path / "syn"), data_path=str(tmp_path / "pairs.json"),
                                   image_folder=str(fixtures["image_folder"]), output_dir=str(tmp_path / "out")))
     preds = [r["pred"] for r in read_jsonl(tmp_path / "out" / "syn_task_triplets.jsonl")]
-    triplets = [collect_triplet(parse_pairs(p)) for p in preds]
-    # On its own training captions the synthesizer writes the format it learned, and stops with EOS.
-    assert sum(len(parse_pairs(p)) >= 2 for p in preds) >= 6, preds
-    assert sum(t is not None for t in triplets) >= 6, preds
-    assert sum(p.rstrip().endswith(prompts.EOT) for p in preds) >= 6, "the synthesizer learned to stop with EOS"
+    written = [parse_pairs(p) for p in preds]
+    trained = [list(zip(turns[::2], turns[1::2])) for turns in ([t["value"] for t in r["conversations"][2:]] for r in records)]
+    counts = {
+        "records": len(records),
+        "parsable": sum(len(w) >= 2 for w in written),
+        "triplets": sum(collect_triplet(w) is not None for w in written),
+        "stopped": sum(p.rstrip().endswith(prompts.EOT) for p in preds),  # then EOS, the stop token
+        "as_trained": sum(w == t for w, t in zip(written, trained)),
+    }
+    print("stage 1 -> stage 2:", counts)  # shown by pytest -rP
+    assert counts["records"] >= 8 and set(counts.values()) == {len(records)}, (counts, preds)
 
 
 def test_train_on_a_merged_file_finds_its_blank_image(tiny_models, seed, merged, tmp_path):
