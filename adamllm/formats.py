@@ -15,14 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from adamllm.files import atomic_write
 from adamllm.prompts import IMAGE_TAG, remove_image_tag, strip_special_tokens
 
 # Field names the stage-2 intermediate files carry (fixed: later stages and users' tools read them).
@@ -225,13 +223,6 @@ def _bad_text_field(value: Any, where: str) -> str:
     return ""
 
 
-def describe_os_error(error: OSError) -> str:
-    """An OS error as a person reads it: the path(s) and the cause, no traceback."""
-    where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
-    cause = error.strerror or str(error)
-    return f"{where}: {cause}" if where else cause
-
-
 def error_reason(record: Any) -> str:
     """The `error.reason` a stage recorded, or "" (hand-edited files may hold null or a string)."""
     error = record.get(ERROR) if isinstance(record, dict) else None
@@ -250,59 +241,6 @@ def json_line(obj: Any, **kwargs: Any) -> str:
     except UnicodeEncodeError:
         text = json.dumps(obj, ensure_ascii=True, **kwargs)
     return text
-
-
-# Temp files are named NAME.tmp<pid>: per process, as shard workers write side by side.
-_TMP = re.compile(r"\.tmp(\d+)$")
-STALE_TMP_AGE_S = 60  # on a shared file system a live writer on another node has a pid we cannot see
-
-
-def tmp_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp{os.getpid()}")
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Any]:
-    """Write a text file through a temp file renamed into place: readers never see half a file, and
-    a write that fails (disk full) leaves neither the temp file nor a damaged target behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            yield fh
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def clean_stale_tmp(folder: str | os.PathLike) -> int:
-    """Delete the temp files a killed run left in `folder` (and its shards/); returns how many."""
-    removed = 0
-    folder = Path(folder)
-    for tmp in [*folder.glob("*.tmp*"), *folder.glob("shards/*.tmp*")]:
-        match = _TMP.search(tmp.name)
-        if not match or _alive(int(match.group(1))):
-            continue
-        try:
-            if time.time() - tmp.stat().st_mtime > STALE_TMP_AGE_S:
-                tmp.unlink()
-                removed += 1
-        except FileNotFoundError:
-            pass
-    if removed:
-        log.info("%s: removed %d temp file(s) left by an interrupted run", folder, removed)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_json_list(path: str | os.PathLike, records: Iterable[Any]) -> int:

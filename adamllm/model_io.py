@@ -143,12 +143,17 @@ def _rename_vision_keys(shard: Path) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from adamllm.files import tmp_path
+
     with safe_open(str(shard), "pt") as f:
         metadata = f.metadata()
         keys = list(f.keys())
         if all(_hub_key(k) == k for k in keys):
             return
         tensors = {_hub_key(k): f.get_tensor(k) for k in keys}
-    tmp = shard.with_name(shard.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(shard)
+    tmp = tmp_path(shard)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(shard)
+    finally:
+        tmp.unlink(missing_ok=True)

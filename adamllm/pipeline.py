@@ -18,7 +18,8 @@ from pathlib import Path
 from adamllm.consistency import MODES, FilterArgs, check_prompt_file, run_filter
 from adamllm.engines import EngineSettings
 from adamllm.executors import ExecutorArgs, check_executor_args
-from adamllm.formats import STYLES, describe_os_error
+from adamllm.files import describe_os_error
+from adamllm.formats import STYLES
 from adamllm.model_io import check_model
 from adamllm.posttrain import FormatArgs, run_format
 from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPLETS_FILE

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from adamllm import run_folder
-from adamllm.formats import SYN_ID, atomic_write, json_line, read_jsonl, write_json
+from adamllm.files import atomic_write
+from adamllm.formats import SYN_ID, json_line, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 

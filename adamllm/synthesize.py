@@ -24,13 +24,13 @@ from adamllm.formats import (
     SYN_ID,
     RecordError,
     Rejects,
-    atomic_write,
     error_reason,
     iter_input_records,
     json_line,
     parse_caption_pair,
     read_jsonl,
 )
+from adamllm.files import atomic_write
 from adamllm.images import image_size, open_image, resolve_image_path
 from adamllm.model_io import image_token_count
 from adamllm.prompts import EOS, synthesizer_prompt

@@ -16,10 +16,9 @@ from PIL import Image
 
 from adamllm import images as images_module
 from adamllm.consistency import tally
+from adamllm.files import atomic_write, clean_stale_tmp
 from adamllm.formats import (
     RecordError,
-    atomic_write,
-    clean_stale_tmp,
     iter_input_records,
     iter_json_records,
     parse_caption_pair,

@@ -1,7 +1,5 @@
 """Stage 1a: merging the seed data."""
 
-import json
-
 import pytest
 
 from adamllm.fixtures import make_seed_fixtures

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from adamllm import prompts
 from adamllm.consistency import FilterArgs, run_filter

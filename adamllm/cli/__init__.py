@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adamllm {args.command}: failed: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # a read-only folder, a full disk, an output path under a file
-        from adamllm.formats import describe_os_error
+        from adamllm.files import describe_os_error
 
         print(f"adamllm {args.command}: failed: {describe_os_error(e)}", file=sys.stderr)
         return 1

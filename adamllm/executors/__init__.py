@@ -60,7 +60,7 @@ def run_stage(stage) -> dict | None:
 def _run_on_ray(stage) -> dict:
     """Ray writes the shard file an unsharded local run writes: the two resume each other's work."""
     from adamllm.executors.ray_executor import run_ray
-    from adamllm.formats import clean_stale_tmp
+    from adamllm.files import clean_stale_tmp
     from adamllm.shards import check_fingerprint, merge_shards
 
     out_dir = Path(stage.args.output_dir)

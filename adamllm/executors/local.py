@@ -20,7 +20,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from adamllm import run_folder
-from adamllm.formats import clean_stale_tmp, write_json
+from adamllm.files import clean_stale_tmp
+from adamllm.formats import write_json
 from adamllm.shards import Shard, ShardWriter, batches, check_fingerprint, merge_shards, recover, stats_file
 from adamllm.stage import Stage, load, run_batch_isolating
 
