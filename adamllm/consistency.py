@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamllm import run_folder
-from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args
+from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args, output_settings
 from adamllm.formats import (
     COLLECTED_QA,
     CONSISTENCY,
@@ -51,7 +51,6 @@ class FilterArgs(EngineArgs, ExecutorArgs):
     output_dir: str = field(default="", metadata={"help": "Where filtered_task_pairs.jsonl, its shards and stats.json go.", "required": True})
     mode: str = field(default="generate", metadata={"help": "generate: the paper's 2 greedy tokens, first word; logprob: one step, likeliest of Yes/No/Open.", "choices": list(MODES)})
     prompt_file: str = field(default="", metadata={"help": "Your own filter prompt: a text file holding {Q}, {informative_A} and {precise_A}."})
-    prefix_caching: bool = field(default=True, metadata={"help": "vLLM: serve the shared instruction + examples of every prompt from the prefix cache."})
 
     def __post_init__(self):
         errors = check_engine_args(self, "checker") + check_executor_args(self)
@@ -131,6 +130,7 @@ class FilterStage:
         a = self.args
         return input_fingerprint(
             a.data_path, model=a.model, mode=a.mode, prompt_sha256=hashlib.sha256(self.template.encode()).hexdigest(),
+            **output_settings(a),
         )
 
     def load(self):
@@ -138,7 +138,7 @@ class FilterStage:
         # checker; the scan stops at the first triplet, so it costs nothing otherwise.
         if not any(isinstance(r, dict) and collect(r)[COLLECTED_QA] is not None for r in read_jsonl(self.args.data_path)):
             return None, None
-        engine = build_engine(self.args, multimodal=False, prefix_caching=self.args.prefix_caching)
+        engine = build_engine(self.args, multimodal=False)
         eos = [engine.tokenizer.eos_token_id]
         if self.args.mode == "logprob":
             return engine, GenParams(max_tokens=1, stop_token_ids=eos, candidates=candidate_ids(engine.tokenizer))

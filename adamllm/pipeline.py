@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from adamllm.consistency import MODES, FilterArgs, check_prompt_file, run_filter
-from adamllm.engines import EngineSettings
+from adamllm.engines import EngineSettings, check_engine_settings
 from adamllm.executors import ExecutorArgs, check_executor_args
 from adamllm.files import describe_os_error
 from adamllm.formats import STYLES
@@ -63,7 +63,7 @@ class RunArgs(EngineSettings, ExecutorArgs):
             errors.append(check_prompt_file(self.prompt_file))
         if self.shard_index >= 0:
             errors.append("--shard_index: run one shard per job with `adamllm synthesize` and `adamllm filter`, then `adamllm format`")
-        errors += check_executor_args(self)
+        errors += check_executor_args(self) + check_engine_settings(self)
         errors = [e for e in errors if e]
         if errors:
             raise ValueError("; ".join(errors))

@@ -10,12 +10,14 @@ writes the same records.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 from adamllm.engines import Engine, GenParams, Generation, Request
 from adamllm.formats import RecordError
-from adamllm.images import open_image
+from adamllm.images import image_size, open_image
 
 
 class Stage(Protocol):
@@ -43,6 +45,9 @@ class Stage(Protocol):
     def add_costs(self, stats: dict) -> None:
         """Add what the stage counted while preparing the last batch (beyond engine time and tokens)."""
 
+    # Optional: `image_path(record) -> Path | None`, the image a record's request will carry (None when
+    # it has none or is unusable), so executors can decode the next batch's images ahead of time.
+
 
 @dataclass
 class Loaded:
@@ -52,21 +57,29 @@ class Loaded:
     engine: Engine
     params: GenParams
     max_batch_pixels: int = 0  # 0: no bound
+    decoder: ThreadPoolExecutor | None = None  # decodes images while the engine runs
+    # Images of the next batch, decoding since the last part of the previous one went to the engine.
+    ahead: dict[Path, Future] = field(default_factory=dict)
 
 
 def load(stage: Stage) -> Loaded:
     engine, params = stage.load()
-    return Loaded(stage, engine, params, getattr(stage.args, "max_batch_pixels", 0))
+    threads = getattr(stage.args, "decode_threads", 0)
+    decoder = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads and hasattr(stage, "image_path") else None
+    return Loaded(stage, engine, params, getattr(stage.args, "max_batch_pixels", 0), decoder)
 
 
-def run_batch(loaded: Loaded, batch: list[tuple[int, Any]], stats: dict) -> list[dict]:
+def run_batch(loaded: Loaded, batch: list[tuple[int, Any]], stats: dict, upcoming: list[tuple[int, Any]] | None = None) -> list[dict]:
     """Output records for a batch of (syn_id, record), in the batch's order; costs added to `stats`.
 
     Images are decoded only for their part of the batch: a batch whose images hold more than
     `max_batch_pixels` goes to the engine in parts, each request with its own image whole, so memory
-    stays bounded and what the model sees does not change.
+    stays bounded and what the model sees does not change. The next part's images (or, on the last
+    part, the first images of `upcoming`, the executor's next batch) decode in the thread pool while
+    the engine runs, so at most two parts' worth of pixels are held at once.
     """
     stage = loaded.stage
+    ahead, loaded.ahead = loaded.ahead, {}
     out: dict[int, dict] = {}
     todo = []
     for syn_id, record in batch:
@@ -74,31 +87,44 @@ def run_batch(loaded: Loaded, batch: list[tuple[int, Any]], stats: dict) -> list
             todo.append((syn_id, record, stage.prepare(syn_id, record)))
         except RecordError as e:
             out[syn_id] = stage.reject(syn_id, record, e)
-    for part in _pixel_parts(todo, loaded.max_batch_pixels):
+    parts = list(_pixel_parts(todo, loaded.max_batch_pixels))
+    for k, part in enumerate(parts):
+        for _, _, request in part:
+            _start_decoding(loaded, ahead, request.image_path)
+        if k + 1 < len(parts):
+            for _, _, request in parts[k + 1]:
+                _start_decoding(loaded, ahead, request.image_path)
+        elif upcoming:
+            loaded.ahead = _decode_upcoming(loaded, upcoming)
         ready = []
+        start = time.monotonic()
         for syn_id, record, request in part:
             try:
-                ready.append((syn_id, record, _decoded(request)))
+                ready.append((syn_id, record, _decoded(request, ahead)))
             except RecordError as e:
                 out[syn_id] = stage.reject(syn_id, record, e)
+        add(stats, image_wait_s=time.monotonic() - start)
         if not ready:
             continue
         start = time.monotonic()
         generations = loaded.engine.generate([r for _, _, r in ready], loaded.params)
         add(stats, engine_s=time.monotonic() - start)
-        for (syn_id, record, _), gen in zip(ready, generations):
+        for (syn_id, record, request), gen in zip(ready, generations):
+            request.image = None  # the part's pixels go as soon as the engine is done with them
             out[syn_id] = stage.finish(syn_id, record, gen)
             add(stats, prompt_tokens=gen.prompt_tokens, cached_prompt_tokens=gen.cached_tokens, output_tokens=len(gen.token_ids))
+    for future in ahead.values():
+        future.cancel()  # images of records that were rejected before the engine
     stage.add_costs(stats)
     return [out[syn_id] for syn_id, _ in batch]
 
 
-def run_batch_isolating(loaded: Loaded, batch: list[tuple[int, Any]], stats: dict) -> list[dict]:
+def run_batch_isolating(loaded: Loaded, batch: list[tuple[int, Any]], stats: dict, upcoming: list[tuple[int, Any]] | None = None) -> list[dict]:
     """`run_batch`, but an unexpected error in one record rejects that record (`stage_error`) instead
     of losing the batch: the batch is redone record by record to find it. When every record fails
     alone too, the fault is the worker's (the engine, the machine), not the data: it is raised."""
     try:
-        return run_batch(loaded, batch, stats)
+        return run_batch(loaded, batch, stats, upcoming)
     except Exception as batch_error:
         if len(batch) == 1:
             raise
@@ -120,9 +146,36 @@ def add(stats: dict, **costs: float) -> None:
         stats[key] = stats.get(key, 0) + value
 
 
-def _decoded(request: Request) -> Request:
+def _start_decoding(loaded: Loaded, ahead: dict, path) -> None:
+    if loaded.decoder is not None and path is not None and path not in ahead:
+        ahead[path] = loaded.decoder.submit(open_image, path)
+
+
+def _decode_upcoming(loaded: Loaded, upcoming: list[tuple[int, Any]]) -> dict:
+    """Start decoding the images of the next batch's first part (as `_pixel_parts` will cut it)."""
+    ahead: dict = {}
+    if loaded.decoder is None:
+        return ahead
+    total = 0
+    for _, record in upcoming:
+        path = loaded.stage.image_path(record)
+        if path is None:
+            continue
+        try:
+            width, height = image_size(path)
+        except RecordError:
+            continue  # rejected when its batch runs
+        if ahead and loaded.max_batch_pixels and total + width * height > loaded.max_batch_pixels:
+            break
+        total += width * height
+        _start_decoding(loaded, ahead, path)
+    return ahead
+
+
+def _decoded(request: Request, ahead: dict) -> Request:
     if request.image is None and request.image_path is not None:
-        request.image = open_image(request.image_path)
+        future = ahead.pop(request.image_path, None)
+        request.image = future.result() if future is not None else open_image(request.image_path)
     return request
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamllm import run_folder
-from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args
+from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args, output_settings
 from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
 from adamllm.formats import (
     ERROR,
@@ -133,7 +133,7 @@ class SynthesizeStage:
         a = self.args
         return input_fingerprint(
             a.data_path, image_folder=a.image_folder, model=a.model, limit=a.limit,
-            max_new_tokens=a.max_new_tokens, max_model_len=a.max_model_len,
+            max_new_tokens=a.max_new_tokens, max_model_len=a.max_model_len, **output_settings(a),
         )
 
     def load(self):
@@ -153,6 +153,12 @@ class SynthesizeStage:
         request, stripped = self.prompter.request(record)
         self.stripped += stripped
         return request
+
+    def image_path(self, record) -> Path | None:
+        try:
+            return resolve_image_path(self.args.image_folder, parse_caption_pair(record).image)
+        except RecordError:
+            return None  # rejected with its reason when its batch runs
 
     def finish(self, syn_id: int, record, generation: Generation) -> dict:
         return {**record, SYN_ID: syn_id, PRED: generation.text}

@@ -25,30 +25,43 @@ def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
+def llm_kwargs(args: EngineArgs, multimodal: bool, cpu: bool) -> dict:
+    """vLLM's `LLM(...)` arguments: the release's (vLLM's defaults) unless a flag says otherwise."""
+    dtype = args.dtype
+    if cpu and dtype == "auto":
+        dtype = "float32"  # bf16 on an AVX2 CPU is ~5x slower
+    eager = {"on": True, "off": False}.get(args.enforce_eager, cpu)  # compiling costs ~30 s, gains nothing on a CPU
+    kwargs = dict(
+        model=args.model,
+        dtype=dtype,
+        max_model_len=args.max_model_len,
+        enable_prefix_caching=args.prefix_caching,
+        # Our sampling params say when to stop; a checkpoint's generation_config.json may list
+        # <|eot_id|> as EOS, which would cut the synthesizer's output after its first question.
+        generation_config="vllm",
+        seed=args.seed,
+        enforce_eager=eager,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        limit_mm_per_prompt={"image": 1} if multimodal else None,
+    )
+    optional = {
+        "max_num_seqs": args.max_num_seqs or None,
+        "max_num_batched_tokens": args.max_num_batched_tokens or None,
+        "mm_processor_cache_gb": args.mm_processor_cache_gb if args.mm_processor_cache_gb >= 0 and multimodal else None,
+        "quantization": args.quantization or None,
+    }
+    return {**kwargs, **{k: v for k, v in optional.items() if v is not None}}
+
+
 class VllmEngine:
-    def __init__(self, args: EngineArgs, multimodal: bool, prefix_caching: bool):
+    def __init__(self, args: EngineArgs, multimodal: bool):
         cpu = _on_cpu()
         if cpu:
             for key, value in CPU_DEFAULTS.items():
                 os.environ.setdefault(key, value)
         from vllm import LLM
 
-        dtype = args.dtype
-        if cpu and dtype == "auto":
-            dtype = "float32"  # bf16 on an AVX2 CPU is ~5x slower
-        self.llm = LLM(
-            model=args.model,
-            dtype=dtype,
-            max_model_len=args.max_model_len,
-            enable_prefix_caching=prefix_caching,
-            # Our sampling params say when to stop; a checkpoint's generation_config.json may list
-            # <|eot_id|> as EOS, which would cut the synthesizer's output after its first question.
-            generation_config="vllm",
-            seed=args.seed,
-            enforce_eager=cpu,  # compilation costs ~30 s and gains nothing on a CPU
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            limit_mm_per_prompt={"image": 1} if multimodal else None,
-        )
+        self.llm = LLM(**llm_kwargs(args, multimodal, cpu))
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, requests: list[Request], params: GenParams) -> list[Generation]:

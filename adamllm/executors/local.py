@@ -75,13 +75,13 @@ def run_shards(stage: Stage, shards: list[Shard]) -> None:
     sizes = Counter(i % shards[0].count for i, _ in stage.records())
     loaded = None
 
-    def process(batch, stats):
+    def process(batch, stats, upcoming):
         nonlocal loaded
         if loaded is None:
             start = time.monotonic()
             loaded = load(stage)
             stats["engine_load_s"] = stats.get("engine_load_s", 0.0) + time.monotonic() - start
-        return run_batch_isolating(loaded, batch, stats)
+        return run_batch_isolating(loaded, batch, stats, upcoming)
 
     for shard in shards:
         desc = f"{stage.name} shard {shard.index + 1}/{shard.count}"
@@ -92,8 +92,9 @@ def run_shards(stage: Stage, shards: list[Shard]) -> None:
 def run_shard(stage: Stage, shard: Shard, process, progress) -> Path:
     """Process this shard's records not yet done, batch by batch, appending each batch durably.
 
-    `process(batch, stats)` returns the output records and adds its costs (engine time, tokens) to
-    `stats`, which accumulate across resumed runs in the shard's `.stats.json`.
+    `process(batch, stats, upcoming)` returns the output records and adds its costs (engine time,
+    tokens) to `stats`, which accumulate across resumed runs in the shard's `.stats.json`; `upcoming`
+    is the next batch (None for the last), whose images may start decoding meanwhile.
     """
     out_dir = Path(stage.args.output_dir)
     path = shard.path(out_dir, stage.output_file)
@@ -108,9 +109,12 @@ def run_shard(stage: Stage, shard: Shard, process, progress) -> Path:
     n_kept = n_rejected = 0
     try:
         todo = ((i, r) for i, r in stage.records() if shard.owns(i) and i not in done)
-        for batch in batches(todo, stage.args.batch_size):
+        pending = batches(todo, stage.args.batch_size)
+        upcoming = next(pending, None)
+        while upcoming is not None:
+            batch, upcoming = upcoming, next(pending, None)
             start = time.monotonic()
-            out = process(batch, stats)
+            out = process(batch, stats, upcoming)
             writer.write(out)
             stats["wall_s"] = stats.get("wall_s", 0.0) + time.monotonic() - start
             write_json(stats_path, stats)
