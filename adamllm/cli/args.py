@@ -62,18 +62,3 @@ def add_dataclass_command(sub, name: str, cls: type, run, *, help: str, descript
     add_dataclass_arguments(parser, cls)
     parser.set_defaults(run=lambda ns: run(dataclass_from_namespace(cls, ns, parser)))
     return parser
-
-
-def to_argv(args) -> list[str]:
-    """The flags that rebuild `args` (a dataclass) on another process's command line."""
-    argv = []
-    for f in dataclasses.fields(args):
-        value = getattr(args, f.name)
-        if isinstance(value, bool):
-            if value:
-                argv.append(f"--{f.name}")
-            elif f.default is True:  # a BooleanOptionalAction flag turned off
-                argv.append(f"--no-{f.name}")
-        else:
-            argv += [f"--{f.name}", str(value)]
-    return argv
