@@ -11,6 +11,10 @@ works. The seed files are merged first (`adamllm merge-seed`, into OUTPUT_DIR/se
 `--data_path` names a file merge-seed wrote. The vision tower trains at its own learning rate
 (`--mm_vision_tower_lr`, 2e-6) through an optimizer parameter group, which survives ZeRO-3 because
 the DeepSpeed config leaves the optimizer to the Trainer. A rerun resumes from the last checkpoint.
+
+Speed levers (adamllm/speed.py), each falling back with a warning where it cannot run:
+`--use_liger_kernel True`, `--attn_implementation flash_attention_2`, `--padding_free True`;
+`--step_timing True` writes the per-step times bench/bench_stage1.py reads.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ class ModelArguments:
     model_name_or_path: str = field(default=DEFAULT_BASE, metadata={"help": "Base LLaVA-NeXT (Llama-3) to fine-tune: hub id or folder."})
     unfreeze_mm_vision_tower: bool = field(default=True, metadata={"help": "Train the vision tower too (the paper does), at --mm_vision_tower_lr."})
     mm_vision_tower_lr: float = field(default=2e-6, metadata={"help": "Learning rate of the vision tower; the rest trains at --learning_rate."})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager, or flash_attention_2 (pip install flash-attn)."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager, or flash_attention_2 (pip install flash-attn; needs CUDA and --bf16, else sdpa with a warning)."})
 
 
 @dataclass
@@ -92,6 +96,8 @@ class DataArguments:
 class TrainingArguments(transformers.TrainingArguments):
     model_max_length: int = field(default=6144, metadata={"help": "Longest training sequence, image tokens included; longer ones are truncated (and counted)."})
     check_only: bool = field(default=False, metadata={"help": "Check the arguments, seed files and base model, then exit: tune_synthesizer.sh does this before torchrun starts its processes."})
+    padding_free: bool = field(default=False, metadata={"help": "Pack each micro-batch into one row without padding (position ids restart per sample); with sdpa, eager or flash_attention_2."})
+    step_timing: bool = field(default=False, metadata={"help": "Write OUTPUT_DIR/step_timing.rank<R>.json: seconds and tokens per optimizer step, peak memory (read by bench/bench_stage1.py)."})
 
 
 def _first_char(path: str) -> str:
@@ -103,9 +109,15 @@ class SynthesizerTrainer(transformers.Trainer):
     """The Trainer with two changes: the vision tower's own learning rate, and length grouping that
     reads the lengths the dataset computed instead of drawing (and decoding) every sample."""
 
-    def __init__(self, *args, vision_lr: float, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, vision_lr: float, step_timer=None, **kwargs):
+        super().__init__(*args, callbacks=[step_timer] if step_timer else None, **kwargs)
         self.vision_lr = vision_lr
+        self.step_timer = step_timer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.step_timer is not None:
+            self.step_timer.count(inputs)
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -215,6 +227,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
 
     from adamllm.model_io import load_processor, load_synthesizer_model, to_vllm_layout
     from adamllm.prompts import EOS
+    from adamllm.speed import StepTimer, apply_liger, choose_levers
     from adamllm.train_data import Collator, SeedDataset
 
     start = time.monotonic()
@@ -232,8 +245,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         raise ValueError(f"no usable training record in {data_path}; see {out / 'train_data.rejects.jsonl'}")
 
     dtype = torch.bfloat16 if training_args.bf16 else torch.float32
-    model = load_synthesizer_model(model_args.model_name_or_path, dtype, attn_implementation=model_args.attn_implementation)
+    levers = choose_levers(model_args.attn_implementation, training_args.padding_free, training_args.use_liger_kernel, dtype)
+    # The Trainer's own Liger hook knows no LLaVA-NeXT (and raises without liger-kernel): ours replaces it.
+    training_args.use_liger_kernel = False
+    model = load_synthesizer_model(model_args.model_name_or_path, dtype, attn_implementation=levers.attn_implementation)
     model.config.use_cache = False
+    if levers.liger:
+        apply_liger(model)
     if not model_args.unfreeze_mm_vision_tower:
         for name, param in model.named_parameters():
             if VISION_TOWER in name:
@@ -243,8 +261,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=Collator(tokenizer.pad_token_id),
+        data_collator=Collator(tokenizer.pad_token_id, padding_free=levers.padding_free),
         vision_lr=model_args.mm_vision_tower_lr,
+        step_timer=StepTimer(out) if training_args.step_timing else None,
     )
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last:
@@ -261,6 +280,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         # Final learning rate of each optimizer group, vision tower first: shows the separate
         # vision-tower rate survived DeepSpeed.
         "group_learning_rates": _group_lrs(trainer),
+        "speed_levers": levers.as_dict(),
         "wall_s": round(time.monotonic() - start, 1),
         "data_path": data_path,
         "rejects_file": str(dataset.rejects_path or ""),

@@ -132,27 +132,46 @@ class SeedDataset(torch.utils.data.Dataset):
 
 @dataclass
 class Collator:
-    """Pads text to the longest sequence and images to the most tiles of the batch."""
+    """Pads text to the longest sequence and images to the most tiles of the batch.
+
+    `padding_free`: the samples' tokens in one row instead, with position ids restarting at each
+    sample and no attention mask, from which transformers' attention keeps the samples apart
+    (speed.PACKING_ATTENTION). Images stay one per sample, in order: LLaVA-NeXT scatters their
+    features into the image tokens in reading order, which packing keeps.
+    """
 
     pad_token_id: int
+    padding_free: bool = False
 
     def __call__(self, items: list[dict]) -> dict:
-        n = max(len(x["input_ids"]) for x in items)
         tiles = max(x["pixel_values"].shape[0] for x in items)
+        pixel_values = torch.zeros((len(items), tiles, *items[0]["pixel_values"].shape[1:]), dtype=items[0]["pixel_values"].dtype)
+        for row, x in enumerate(items):
+            pixel_values[row, : x["pixel_values"].shape[0]] = x["pixel_values"]
+        images = {"pixel_values": pixel_values, "image_sizes": torch.stack([x["image_sizes"] for x in items])}
+        return {**(self._packed(items) if self.padding_free else self._padded(items)), **images}
+
+    def _padded(self, items: list[dict]) -> dict:
+        n = max(len(x["input_ids"]) for x in items)
         input_ids = torch.full((len(items), n), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(items), n), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(items), n), dtype=torch.long)
-        pixel_values = torch.zeros((len(items), tiles, *items[0]["pixel_values"].shape[1:]), dtype=items[0]["pixel_values"].dtype)
         for row, x in enumerate(items):
             k = len(x["input_ids"])
             input_ids[row, :k] = x["input_ids"]
             labels[row, :k] = x["labels"]
             attention_mask[row, :k] = 1
-            pixel_values[row, : x["pixel_values"].shape[0]] = x["pixel_values"]
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+    @staticmethod
+    def _packed(items: list[dict]) -> dict:
+        labels = [x["labels"].clone() for x in items]
+        for sample in labels:
+            # Never learn a sample's first token from the previous sample's last (it is masked anyway:
+            # the BOS opens the untrained prompt).
+            sample[0] = IGNORE_INDEX
         return {
-            "input_ids": input_ids,
-            "labels": labels,
-            "attention_mask": attention_mask,
-            "pixel_values": pixel_values,
-            "image_sizes": torch.stack([x["image_sizes"] for x in items]),
+            "input_ids": torch.cat([x["input_ids"] for x in items])[None],
+            "labels": torch.cat(labels)[None],
+            "position_ids": torch.cat([torch.arange(len(x["input_ids"])) for x in items])[None],
         }
