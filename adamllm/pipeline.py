@@ -21,6 +21,7 @@ from adamllm.executors import ExecutorArgs, check_executor_args
 from adamllm.files import describe_os_error
 from adamllm.formats import STYLES
 from adamllm.model_io import check_model
+from adamllm.curate import CurationArgs
 from adamllm.posttrain import FormatArgs, run_format
 from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPLETS_FILE
 from adamllm.stats import update_stats
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RunArgs(EngineSettings, ExecutorArgs):
+class RunArgs(EngineSettings, ExecutorArgs, CurationArgs):
     """`adamllm run`: the engine and executor flags are those of synthesize and filter (inherited, so
     their help and checks are the same); the rest names the two models and what format does."""
 
@@ -63,7 +64,9 @@ class RunArgs(EngineSettings, ExecutorArgs):
             errors.append(check_prompt_file(self.prompt_file))
         if self.shard_index >= 0:
             errors.append("--shard_index: run one shard per job with `adamllm synthesize` and `adamllm filter`, then `adamllm format`")
-        errors += check_executor_args(self) + check_engine_settings(self)
+        errors += check_executor_args(self) + check_engine_settings(self) + self.curation_errors()
+        if self.min_yes_prob > 0 and self.mode != "logprob":
+            errors.append(f"--min_yes_prob {self.min_yes_prob} needs the checker's log-probabilities: add --mode logprob")
         errors = [e for e in errors if e]
         if errors:
             raise ValueError("; ".join(errors))
@@ -110,6 +113,7 @@ def run_pipeline(args: RunArgs) -> dict:
         fmt = FormatArgs(
             data_path=str(out / FILTERED_FILE), image_folder=args.image_folder, output=str(out / FINAL_FILE),
             train_on_syn_only=args.train_on_syn_only, style=args.style, seed=args.seed,
+            **{f.name: getattr(args, f.name) for f in fields(CurationArgs)},
         )
         summary = asdict(run_format(fmt))
     summary["wall_s"] = time.monotonic() - start

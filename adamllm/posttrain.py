@@ -7,6 +7,11 @@ Each record becomes one conversation holding the image's caption task and, when 
 the consistency filter, the synthetic task; a seeded coin per record puts the caption task first or
 last. Seeds are per record (the run seed and the record's `syn_id`), so the output does not depend
 on how the input was sharded or ordered.
+
+Beyond the paper, two optional filters remove kept synthetic tasks (`adamllm.curate`): `--min_yes_prob`
+(the checker's confidence, from `--mode logprob`), then `--dedup exact|near` (duplicate questions,
+which takes a first pass over the input to choose the kept ones). A record they act on keeps its
+caption task; each such record is listed, with why, in OUTPUT's `.curation.jsonl`.
 """
 
 from __future__ import annotations
@@ -14,23 +19,38 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from adamllm import run_folder
+from adamllm.curate import (
+    CurationArgs,
+    DUPLICATE_QUESTION,
+    LOGPROBS,
+    LOW_YES_PROB,
+    NO_YES_PROB,
+    NUM_PERM,
+    Deduper,
+    lacks_logprob_verdicts,
+    yes_prob,
+)
 from adamllm.formats import (
     COLLECTED_QA,
     CONSISTENCY,
     PRED,
     SYN_ID,
     STYLES,
+    CaptionPair,
     RecordError,
     Rejects,
     assistant_message,
     dataset_info_entry,
     iter_input_records,
+    iter_json_records,
+    json_line,
     llava_record,
     parse_caption_pair,
     sharegpt_record,
@@ -98,15 +118,14 @@ def kept_triplet(record: dict) -> tuple[Triplet | None, str]:
     return Triplet(**clean), ""
 
 
-@dataclass
-class FormatArgs:
+@dataclass(kw_only=True)
+class FormatArgs(CurationArgs):
     data_path: str = field(metadata={"help": "filtered_task_pairs.jsonl written by `adamllm filter` (or any file of records with the stage-2 fields)."})
     image_folder: str = field(metadata={"help": "Folder the records' image paths are relative to."})
     output: str = field(metadata={"help": "The post-training JSON file to write, e.g. OUT/image_caption_and_synthetic_task.json."})
     train_on_syn_only: bool = field(default=False, metadata={"help": "Keep only records with a kept synthetic task, without their caption task."})
     style: str = field(default="llamafactory", metadata={"help": "llamafactory: ShareGPT messages + images (paths relative to the output file); llava: LLaVA conversations (paths relative to the image folder).", "choices": list(STYLES)})
-    seed: int = field(default=42, metadata={"help": "Seed of the per-record template choice and caption placement."})
-
+    seed: int = field(default=42, metadata={"help": "Seed of the per-record template choice and caption placement, and of which duplicates keep their task (--dedup)."})
     def __post_init__(self):
         errors = []
         if not Path(self.data_path).is_file():
@@ -115,9 +134,9 @@ class FormatArgs:
             errors.append(f"--image_folder {self.image_folder}: no such folder")
         if self.style not in STYLES:
             errors.append(f"--style {self.style}: choose llamafactory or llava")
+        errors += self.curation_errors()
         if errors:
             raise ValueError("; ".join(errors))
-
 
 @dataclass
 class FormatSummary:
@@ -131,6 +150,7 @@ class FormatSummary:
     special_tokens_stripped: int = 0
     output: str = ""
     rejects_file: str = ""
+    curation: dict = field(default_factory=dict)  # --dedup / --min_yes_prob counts (empty without them)
 
 
 def record_syn_id(record: dict, index: int, seen: set[int]) -> int:
@@ -144,15 +164,86 @@ def record_syn_id(record: dict, index: int, seen: set[int]) -> int:
     return syn_id
 
 
-def build_record(record: dict, index: int, args: FormatArgs, out_dir: Path, summary: FormatSummary, seen: set[int]) -> dict | None:
-    """One post-training record, or None when the record has nothing to train on (syn-only mode)."""
+def curation_path(output: str | Path) -> Path:
+    """The list of records whose synthetic task curation removed, beside the output
+    (`x.json` -> `x.curation.jsonl`)."""
+    output = Path(output)
+    return output.with_name(f"{run_folder.stem(output.name)}.curation.jsonl")
+
+
+@dataclass
+class Examined:
+    """A usable record as format sees it, before duplicate questions are looked at."""
+
+    pair: CaptionPair
+    syn_id: int
+    triplet: Triplet | None  # the task to add, None without one
+    missing: str  # why there is none ("" with one)
+    question: str = ""  # the kept triplet's question, also when --min_yes_prob removed its task
+    detail: str = ""  # for a task curation removed: why
+    yes_prob: float | None = None  # with --min_yes_prob
+
+
+def examine(record, index: int, args: FormatArgs, seen: set[int]) -> Examined:
+    """Check a record and find its kept task (after --min_yes_prob); RecordError when it is unusable.
+
+    Both passes of `--dedup` call this, so they agree on every record."""
     pair = parse_caption_pair(record)
     check_image(resolve_image_path(args.image_folder, pair.image))
     syn_id = record_syn_id(record, index, seen)
+    triplet, missing = kept_triplet(record)
+    found = Examined(pair, syn_id, triplet, missing, question=triplet.Q if triplet is not None else "")
+    if triplet is not None and args.min_yes_prob > 0:
+        found.yes_prob = yes_prob(record.get(LOGPROBS))
+        if found.yes_prob is None:
+            found.triplet, found.missing = None, NO_YES_PROB
+            found.detail = f"no usable {LOGPROBS} (the Yes / No / Open log-probabilities) to check --min_yes_prob against"
+        elif found.yes_prob < args.min_yes_prob - 1e-9:  # float noise of the softmax is not below the threshold
+            found.triplet, found.missing = None, LOW_YES_PROB
+            found.detail = f"P(yes) = {found.yes_prob:.4f}, below --min_yes_prob {args.min_yes_prob}"
+    return found
+
+
+class CurationLog:
+    """OUTPUT's .curation.jsonl: one line per record whose synthetic task curation removed, written
+    as they come (in input order); opened lazily, so a run that removes nothing leaves no file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.counts: Counter = Counter()
+        self._fh = None
+
+    def add(self, index: int, syn_id: int, reason: str, detail: str, question: str, yes_prob: float | None, duplicate_of: int | None) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "w", encoding="utf-8")
+        row = {"index": index, "syn_id": syn_id, "reason": reason, "detail": detail, "Q": question,
+               "yes_prob": None if yes_prob is None else round(yes_prob, 6), "duplicate_of": duplicate_of}
+        self._fh.write(json_line(row) + "\n")
+        self.counts[reason] += 1
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def build_record(record: dict, index: int, args: FormatArgs, out_dir: Path, summary: FormatSummary, seen: set[int],
+                 deduper: Deduper | None = None, curation: CurationLog | None = None) -> dict | None:
+    """One post-training record, or None when the record has nothing to train on (syn-only mode)."""
+    found = examine(record, index, args, seen)
+    pair, syn_id = found.pair, found.syn_id
     summary.special_tokens_stripped += pair.stripped_special_tokens
     rng = record_rng(args.seed, syn_id)
 
-    triplet, missing = kept_triplet(record)
+    triplet, missing = found.triplet, found.missing
+    if curation is not None:
+        if missing in (LOW_YES_PROB, NO_YES_PROB):
+            curation.add(index, syn_id, missing, found.detail, found.question, found.yes_prob, None)
+        elif triplet is not None and deduper is not None and (kept_by := deduper.decide(syn_id, triplet.Q)) is not None:
+            found.detail = f"the question duplicates that of syn_id {kept_by}, whose task is kept (--dedup {args.dedup}, --max_per_question {args.max_per_question})"
+            curation.add(index, syn_id, DUPLICATE_QUESTION, found.detail, triplet.Q, found.yes_prob, kept_by)
+            triplet, missing = None, DUPLICATE_QUESTION
     tasks = []
     if triplet is not None:
         user, assistant, kind = synthetic_task(triplet, rng)
@@ -162,7 +253,8 @@ def build_record(record: dict, index: int, args: FormatArgs, out_dir: Path, summ
     else:
         summary.no_synthetic_task[missing] = summary.no_synthetic_task.get(missing, 0) + 1
         if args.train_on_syn_only:
-            raise RecordError(missing, "no kept synthetic task, and --train_on_syn_only drops the caption task")
+            why = f"{found.detail}; " if found.detail else ""
+            raise RecordError(missing, f"{why}no kept synthetic task, and --train_on_syn_only drops the caption task")
     if not args.train_on_syn_only:
         caption_task = (pair.instruction or CAPTION_HINT, pair.caption)
         if rng.random() < 0.5:
@@ -180,12 +272,65 @@ def build_record(record: dict, index: int, args: FormatArgs, out_dir: Path, summ
     return sharegpt_record(messages, image)
 
 
+def check_curation_input(args: FormatArgs) -> None:
+    """Input-level checks of the curation flags, before anything is written (ValueError)."""
+    if args.min_yes_prob > 0 and lacks_logprob_verdicts(iter_json_records(args.data_path)):
+        raise ValueError(
+            f"--min_yes_prob {args.min_yes_prob}: {args.data_path} holds verdicts but no logprob verdicts (no record has {LOGPROBS}); "
+            "filter with `adamllm filter --mode logprob` (or `adamllm run --mode logprob`) first, or leave out --min_yes_prob"
+        )
+
+
+def scan_questions(args: FormatArgs) -> Deduper:
+    """Pass 1 of --dedup: every kept task's question, then the seeded choice of which keep their task."""
+    deduper = Deduper(args.dedup, args.max_per_question, args.seed, args.near_threshold, args.near_ngram)
+    seen: set[int] = set()
+    try:
+        for index, record in enumerate(tqdm(iter_json_records(args.data_path), desc="format: questions", unit="rec")):
+            try:
+                found = examine(record, index, args, seen)
+            except RecordError:
+                continue  # pass 2 rejects it, with its reason
+            if found.triplet is not None:
+                deduper.add(found.syn_id, found.triplet.Q)
+        deduper.finish()
+    except BaseException:
+        deduper.close()
+        raise
+    return deduper
+
+
+def curation_summary(args: FormatArgs, deduper: Deduper | None, summary: FormatSummary, curation: CurationLog) -> dict:
+    out: dict = {}
+    if deduper is not None:
+        out.update(dedup=args.dedup, max_per_question=args.max_per_question, seed=args.seed)
+        if args.dedup == "near":
+            out.update(near_threshold=args.near_threshold, near_ngram=args.near_ngram, num_perm=NUM_PERM)
+        out.update(questions_seen=deduper.seen, questions_distinct=deduper.distinct, dropped_duplicate=curation.counts[DUPLICATE_QUESTION])
+    if args.min_yes_prob > 0:
+        dropped = curation.counts[LOW_YES_PROB]
+        missing = curation.counts[NO_YES_PROB]
+        out.update(min_yes_prob=args.min_yes_prob, yes_prob_checked=summary.synthetic_tasks + curation.counts[DUPLICATE_QUESTION] + dropped,
+                   dropped_low_yes_prob=dropped, no_yes_prob=missing)
+    if out:
+        out["file"] = str(curation.path) if sum(curation.counts.values()) else ""
+    return out
+
+
 def run_format(args: FormatArgs) -> FormatSummary:
     """Write the post-training file, its rejects, its summary and its `dataset_info.json` entry."""
     output = Path(args.output)
     out_dir = output.parent
     stem = run_folder.stem(output.name)
+    check_curation_input(args)
+    deduper = scan_questions(args) if args.dedup != "none" else None
+    curating = deduper is not None or args.min_yes_prob > 0
     rejects = Rejects(run_folder.rejects_path(output))
+    curation = CurationLog(curation_path(output))
+    # Companion files of an earlier run would describe another output (files are opened lazily).
+    for stale in (rejects.path, curation.path):
+        if stale.is_file():
+            stale.unlink()
     summary = FormatSummary(output=str(output))
     seen: set[int] = set()  # syn_ids formatted so far: a few bytes each, even for millions of records
 
@@ -193,7 +338,7 @@ def run_format(args: FormatArgs) -> FormatSummary:
         for index, record in enumerate(tqdm(iter_input_records(args.data_path), desc="format", unit="rec")):
             summary.records_in += 1
             try:
-                built = build_record(record, index, args, out_dir, summary, seen)
+                built = build_record(record, index, args, out_dir, summary, seen, deduper, curation if curating else None)
             except RecordError as e:
                 rejects.add(e.reason, e.detail, record, index=index)
                 continue
@@ -203,12 +348,17 @@ def run_format(args: FormatArgs) -> FormatSummary:
         summary.records_out = write_json_list(output, records())
     finally:
         rejects.close()
+        curation.close()
+        if deduper is not None:
+            deduper.close()
     summary.rejected = dict(rejects.counts)
     summary.rejects_file = str(rejects.path) if rejects.total else ""
+    summary.curation = curation_summary(args, deduper, summary, curation)
     update_dataset_info(out_dir, stem, dataset_info_entry(output.name, args.style))
     write_json(run_folder.summary_path(output), asdict(summary))
     log.info(
-        "format: %d records in, %d written (%d with a synthetic task), %d rejected %s",
+        "format: %d records in, %d written (%d with a synthetic task), %d rejected %s%s",
         summary.records_in, summary.records_out, summary.synthetic_tasks, rejects.total, summary.rejected,
+        f"; curation {dict(curation.counts)}" if curating else "",
     )
     return summary

@@ -3,9 +3,12 @@
     adamllm report exp/demo/stage2     # -> exp/demo/stage2/report.html
 
 A summary (records per stage, rejections by reason, verdicts and pass rate, length distributions,
-time and tokens per stage) and a card per record with its whole path: image, caption, the pairs the
+time and tokens per stage), the questions most often asked per verdict, what the curation filters
+beyond the paper did (`adamllm format --dedup`, `--min_yes_prob`: counts, and the distribution of the
+checker's P(Yes) as a plot), and a card per record with its whole path: image, caption, the pairs the
 synthesizer wrote, the collected triplet, the verdict and the final training conversation. Cards
-filter by verdict or reason (also from the URL: `report.html#verdict=yes`, `#reason=no_triplet`).
+filter by verdict or reason (also from the URL: `report.html#verdict=yes`, `#reason=no_triplet`,
+`#reason=duplicate_question`).
 
 A run folder may have been edited by hand or damaged: a record of the wrong shape still gets its card
 (with what could be read), a stats field of the wrong type is left blank, and a file that is not JSON
@@ -21,9 +24,11 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from adamllm.curate import LOGPROBS, yes_prob
 from adamllm.formats import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, RecordError, iter_json_records
 from adamllm.images import load_image
 from adamllm.parse import parse_pairs
+from adamllm.posttrain import curation_path
 from adamllm.report_html import TRIPLET_KEYS, Card, render
 from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, REPORT_FILE, STATS_FILE, TRIPLETS_FILE, fingerprint_files, rejects_path
 
@@ -124,7 +129,7 @@ class Thumbnails:
         return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _card(index: int, record: Any, final: Any, thumbnail: Thumbnails) -> Card:
+def _card(index: int, record: Any, final: Any, thumbnail: Thumbnails, curated: Any = None) -> Card:
     if not isinstance(record, dict):
         return Card(syn_id=f"{index} (not a JSON object)", image="", caption="", pred=_text(record), triplet=None,
                     verdict="none", reason="bad_record", conversation=_conversation(final))
@@ -132,6 +137,10 @@ def _card(index: int, record: Any, final: Any, thumbnail: Thumbnails) -> Card:
     verdict = consistency if isinstance(consistency, str) and consistency else "none"
     pred = record.get(PRED)
     image = _first_image(record)
+    reason = _reason(record, verdict)
+    curation = curated.get("reason") if isinstance(curated, dict) else None
+    if not reason and isinstance(curation, str) and curation:
+        reason = curation  # format's curation removed the task the checker kept
     return Card(
         syn_id=_text(record[SYN_ID]) if SYN_ID in record else f"{index} (no syn_id)",
         image=image,
@@ -139,17 +148,19 @@ def _card(index: int, record: Any, final: Any, thumbnail: Thumbnails) -> Card:
         pred=None if pred is None else _text(pred),
         triplet=_triplet(record),
         verdict=verdict,
-        reason=_reason(record, verdict),
+        reason=reason,
         conversation=_conversation(final),
         thumbnail=thumbnail(image),
         pairs=parse_pairs(pred) if isinstance(pred, str) else [],
+        yes_prob=yes_prob(record.get(LOGPROBS)),
     )
 
 
 def load_cards(out_dir: Path, thumbnail: Thumbnails) -> list[Card]:
     """One card per record of the filtered file, joined with the final post-training record.
 
-    The final file holds the filtered records in order, less those format rejected (by index).
+    The final file holds the filtered records in order, less those format rejected (by index); its
+    curation file names, by index, the records whose task curation removed.
     """
     final_path = out_dir / FINAL_FILE
     format_rejects = rejects_path(final_path)
@@ -157,9 +168,14 @@ def load_cards(out_dir: Path, thumbnail: Thumbnails) -> list[Card]:
         row["index"] for row in (_records(format_rejects) if format_rejects.exists() else ())
         if isinstance(row, dict) and type(row.get("index")) is int
     }
+    curation = curation_path(final_path)
+    curated = {
+        row["index"]: row for row in (_records(curation) if curation.exists() else ())
+        if isinstance(row, dict) and type(row.get("index")) is int
+    }
     finals = _records(final_path) if final_path.exists() else iter(())
     return [
-        _card(index, record, None if index in rejected else next(finals, None), thumbnail)
+        _card(index, record, None if index in rejected else next(finals, None), thumbnail, curated.get(index))
         for index, record in enumerate(_records(out_dir / FILTERED_FILE))
     ]
 

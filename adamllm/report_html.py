@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from html import escape
+
+from adamllm.curate import DUPLICATE_QUESTION, LOW_YES_PROB, NO_YES_PROB, normalise_question
 
 STAGES = ("synthesize", "filter", "format")
 TRIPLET_KEYS = ("Q", "precise_A", "informative_A")
@@ -32,6 +34,7 @@ class Card:
     conversation: list[tuple[str, str]] | None  # (role, content) of the final training record
     thumbnail: str = ""  # data: URL
     pairs: list[tuple[str, str]] = field(default_factory=list)
+    yes_prob: float | None = None  # the checker's P(Yes), with --mode logprob
 
 
 STYLE = """
@@ -46,6 +49,7 @@ th:first-child,td:first-child{text-align:left}
 .card .body{flex:1;min-width:0}.tag{display:inline-block;padding:1px 8px;border-radius:9px;background:#e8ebee;margin-right:6px}
 pre{white-space:pre-wrap;word-break:break-word;background:#f1f3f5;padding:6px;margin:4px 0;max-height:220px;overflow:auto}
 .turn{margin:3px 0}.role{font-weight:600;margin-right:4px}.hidden{display:none}
+.questions{display:flex;gap:18px;flex-wrap:wrap;align-items:flex-start}.questions td:first-child{max-width:420px;text-align:left}
 """
 
 SCRIPT = """
@@ -156,6 +160,8 @@ def _card(card: Card) -> str:
         if card.conversation else "<i>not in the post-training file</i>"
     )
     reason = f'<span class="tag">{_h(card.reason)}</span>' if card.reason else ""
+    if card.yes_prob is not None:
+        reason += f'<span class="tag">P(yes) {card.yes_prob:.3f}</span>'
     return (
         f'<section class="card" data-verdict="{_h(card.verdict)}" data-reason="{_h(card.reason)}">{img}<div class="body">'
         f'<div><span class="tag">#{_h(card.syn_id)}</span><span class="tag">verdict: {_h(card.verdict)}</span>{reason}'
@@ -177,6 +183,126 @@ def _plots(cards: list[Card]) -> str:
         _svg_histogram([len(t[key].split()) for t in triplets if t[key] is not None], label)
         for key, label in zip(TRIPLET_KEYS, ("question length", "precise answer length", "informative answer length"))
     )
+
+
+# --- questions and curation (beyond the paper) --------------------------------------------------------
+TOP_QUESTIONS = 10
+TOP_VERDICTS = 8
+YES_PROB_BINS = 20
+# The series of the P(Yes) plot: which records, and their colour.
+PROB_SERIES = (
+    ("kept", "yes, kept by the confidence filter", "#2e9d4f"),
+    ("dropped", "yes, below --min_yes_prob", "#d6a328"),
+    ("other", "verdict no / open / invalid", "#8a939c"),
+)
+
+
+def _kept(card: Card) -> bool:
+    """Whether the card's synthetic task is in the training data."""
+    return card.verdict == "yes" and not card.reason and card.conversation is not None
+
+
+def _top_questions(cards: list[Card]) -> str:
+    """Per verdict, the questions most often asked (normalised as --dedup exact compares them)."""
+    asked: dict[str, Counter] = defaultdict(Counter)
+    kept: dict[str, Counter] = defaultdict(Counter)
+    shown: dict[str, str] = {}  # normalised -> the first wording seen
+    for c in cards:
+        q = c.triplet.get("Q") if c.triplet else None
+        if not isinstance(q, str) or not q.strip():
+            continue
+        key = normalise_question(q)
+        shown.setdefault(key, q)
+        asked[c.verdict][key] += 1
+        kept[c.verdict][key] += _kept(c)
+    if not asked:
+        return "<p>No triplet was collected, so no question was asked.</p>"
+    verdicts = sorted(asked, key=lambda v: (-sum(asked[v].values()), v))
+    tables = []
+    for verdict in verdicts[:TOP_VERDICTS]:
+        counts = asked[verdict]
+        rows = "".join(
+            f"<tr><td>{_h(shown[key])}</td><td>{n}</td><td>{kept[verdict][key]}</td></tr>" for key, n in counts.most_common(TOP_QUESTIONS)
+        )
+        tables.append(
+            f'<div class="plot"><b>verdict {_h(verdict)}</b>: {sum(counts.values())} questions, {len(counts)} distinct'
+            f"<table><tr><th>question</th><th>asked</th><th>kept</th></tr>{rows}</table></div>"
+        )
+    more = f"<p>({len(verdicts) - TOP_VERDICTS} more verdicts not shown)</p>" if len(verdicts) > TOP_VERDICTS else ""
+    return f'<div class="questions">{"".join(tables)}</div>{more}'
+
+
+def _prob_series(card: Card) -> str:
+    if card.reason == LOW_YES_PROB:
+        return "dropped"
+    return "kept" if card.verdict == "yes" else "other"
+
+
+def _svg_yes_prob(cards: list[Card], threshold: object, width: int = 440, height: int = 150) -> str:
+    """The distribution of P(Yes), stacked by what the confidence filter did, with its threshold."""
+    probs = [(min(max(c.yes_prob, 0.0), 1.0), _prob_series(c)) for c in cards if c.yes_prob is not None]
+    if not probs:
+        return ""
+    bins = [Counter() for _ in range(YES_PROB_BINS)]
+    for p, series in probs:
+        bins[min(int(p * YES_PROB_BINS), YES_PROB_BINS - 1)][series] += 1
+    peak = max(sum(b.values()) for b in bins)
+    plot_h, bar = height - 30, width / YES_PROB_BINS
+    rects = []
+    for i, b in enumerate(bins):
+        y = height - 18
+        for series, label, colour in PROB_SERIES:
+            if b[series]:
+                h = b[series] / peak * plot_h
+                y -= h
+                lo, hi = i / YES_PROB_BINS, (i + 1) / YES_PROB_BINS
+                rects.append(
+                    f'<rect x="{i * bar:.1f}" y="{y:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" fill="{colour}" data-series="{series}">'
+                    f"<title>P(yes) {lo:.2f}-{hi:.2f}, {_h(label)}: {b[series]}</title></rect>"
+                )
+    line = ""
+    if is_number(threshold) and 0 < threshold <= 1:
+        x = threshold * width
+        line = (f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 18}" stroke="#c8423b" stroke-dasharray="4 3">'
+                f"<title>--min_yes_prob {threshold:g}</title></line>")
+    axis = (f'<text x="0" y="{height - 4}" font-size="10">0</text><text x="{width / 2 - 8:.0f}" y="{height - 4}" font-size="10">0.5</text>'
+            f'<text x="{width - 8}" y="{height - 4}" font-size="10">1</text>')
+    counts = Counter(series for _, series in probs)
+    legend = " ".join(
+        f'<span class="tag" style="background:{colour};color:#fff">{_h(label)}: {counts[series]}</span>' for series, label, colour in PROB_SERIES
+    )
+    return (
+        f'<div class="plot" id="yes-prob"><b>P(yes) of the checker</b> (n={len(probs)}; softmax over the Yes / No / Open log-probabilities)<br>'
+        f'<svg width="{width}" height="{height}" role="img" aria-label="P(yes) distribution">{"".join(rects)}{line}{axis}</svg><br>{legend}</div>'
+    )
+
+
+def _curation(fmt: dict, cards: list[Card]) -> str:
+    c = fmt.get("curation")
+    c = c if isinstance(c, dict) else {}
+    parts = []
+    if "dedup" in c:
+        near = (f", near-duplicates at Jaccard >= {_h(number(c.get('near_threshold'), 'g', '?'))} over "
+                f"{_h(number(c.get('near_ngram'), missing='?'))}-word shingles") if c.get("dedup") == "near" else ""
+        parts.append(
+            f'<p id="dedup">Duplicate questions (<code>--dedup {_h(c.get("dedup"))}</code>, at most {_h(number(c.get("max_per_question"), missing="?"))} '
+            f"per question{near}): <b>{_h(number(c.get('questions_seen'), missing='?'))}</b> questions seen, "
+            f"<b>{_h(number(c.get('questions_distinct'), missing='?'))}</b> distinct, "
+            f"<b>{_h(number(c.get('dropped_duplicate'), missing='?'))}</b> dropped as duplicates (their caption tasks stay; "
+            f"cards: reason {DUPLICATE_QUESTION}).</p>"
+        )
+    if "min_yes_prob" in c:
+        parts.append(
+            f'<p id="confidence">Verdict confidence (<code>--min_yes_prob {_h(number(c.get("min_yes_prob"), "g", "?"))}</code>): '
+            f"<b>{_h(number(c.get('yes_prob_checked'), missing='?'))}</b> tasks checked, "
+            f"<b>{_h(number(c.get('dropped_low_yes_prob'), missing='?'))}</b> dropped below it ({LOW_YES_PROB}), "
+            f"<b>{_h(number(c.get('no_yes_prob'), missing='?'))}</b> without usable log-probabilities ({NO_YES_PROB}).</p>"
+        )
+    if not parts:
+        parts.append('<p id="no-curation">No curation filter ran: every task the checker said Yes to is kept, as in the paper '
+                     "(<code>adamllm format --dedup exact|near</code>, <code>--min_yes_prob P</code>).</p>")
+    plot = _svg_yes_prob(cards, c.get("min_yes_prob"))
+    return "".join(parts) + (f'<div class="plots">{plot}</div>' if plot else "") + "<h3>Questions most often asked, per verdict</h3>" + _top_questions(cards)
 
 
 def render(stats: dict[str, dict], cards: list[Card], title: str, image_note: str) -> str:
@@ -201,6 +327,8 @@ served from the prefix cache: {_h(prefix_cache_note(filt))}.</p>
 <p>Images from: <b id="image-folder">{_h(image_note)}</b></p>
 <table><tr><th>verdict</th><th>records</th></tr>{verdict_rows}</table>
 <div class="plots">{_plots(cards)}</div>
+<h2>Questions and curation</h2>
+{_curation(stats.get("format", {}), cards)}
 <h2>Records</h2>
 <p>Verdict <select id="verdict"><option value="">all</option>{_options(verdicts)}</select>
 reason <select id="reason"><option value="">all</option>{_options(reasons)}</select>

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+from html import escape
 from urllib.parse import quote
 
 import pytest
@@ -315,3 +316,95 @@ def test_report_says_what_the_prefix_cache_served_or_why_not(run_dir, filter_sta
     edit_stats(run_dir, lambda s: s["filter"].update(filter_stats))
     html = write_report(run_dir).read_text()
     assert f"served from the prefix cache: {shown}." in html
+
+
+# --- curation beyond the paper (issue #12) -----------------------------------------------------------
+@pytest.fixture
+def curated_run(tmp_path):
+    """12 records, filtered with --mode logprob, formatted with --dedup exact --min_yes_prob 0.8:
+    7 yes verdicts asking the same question (one of them unconfident), 2 other yes, 3 no."""
+    from adamllm.cli import main
+    from test_curation import make_run
+
+    same = [f"What is shown? {EVIL}", f"what is SHOWN {EVIL}"]
+    questions = [same[i % 2] for i in range(7)] + ["How many cups?", "Which colour?"] + ["Is it red?", "Is it red?", "Why?"]
+    verdicts = ["yes"] * 9 + ["no"] * 3
+    p_yes = [0.95] * 6 + [0.6] + [0.9, 0.99] + [None] * 3
+    run = make_run(tmp_path, questions, verdicts, p_yes)
+    rows = [json.loads(line) for line in run["data"].read_text().splitlines()]
+    for row in rows[9:]:
+        row["consistency_logprobs"] = {"yes": -2.0, "no": -0.2}
+    run["data"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["format", "--data_path", str(run["data"]), "--image_folder", str(run["images"]), "--output", str(run["final"]),
+                 "--dedup", "exact", "--min_yes_prob", "0.8"]) == 0
+    return run
+
+
+def test_report_shows_top_questions_and_what_curation_did(curated_run):
+    from adamllm.curate import normalise_question
+
+    html = write_report(curated_run["out"]).read_text()
+    curation = read_json(curated_run["out"] / "stats.json")["format"]["curation"]
+    # the unconfident record drops first; 5 of the 6 confident ones asking the same question drop next
+    assert curation["dropped_low_yes_prob"] == 1 and curation["dropped_duplicate"] == 5
+    assert ('Duplicate questions (<code>--dedup exact</code>, at most 1 per question): <b>8</b> questions seen, '
+            '<b>3</b> distinct, <b>5</b> dropped as duplicates') in html
+    assert "(<code>--min_yes_prob 0.8</code>): <b>9</b> tasks checked, <b>1</b> dropped below it" in html
+    assert html.count('data-reason="duplicate_question"') == 5 and html.count('data-reason="low_yes_prob"') == 1
+    # the P(yes) plot: 8 kept by the confidence filter, 1 below it, 3 other verdicts, and the threshold line
+    assert 'aria-label="P(yes) distribution"' in html and "<title>--min_yes_prob 0.8</title>" in html
+    assert "yes, kept by the confidence filter: 8" in html and "yes, below --min_yes_prob: 1" in html and "verdict no / open / invalid: 3" in html
+    assert html.count('data-series="dropped"') == 1 and 'data-series="other"' in html
+    # the questions: the synthesizer's favourite first, shown as text, kept once; the "no" verdict's own table
+    assert normalise_question(f"What is shown? {EVIL}") == normalise_question(f"what is SHOWN {EVIL}")
+    evil = escape(f"What is shown? {EVIL}")
+    assert f"<tr><td>{evil}</td><td>7</td><td>1</td></tr>" in html
+    assert "<b>verdict no</b>: 3 questions, 2 distinct" in html and "<tr><td>Is it red?</td><td>2</td><td>0</td></tr>" in html
+    assert EVIL not in html
+
+
+def test_report_without_curation_says_so_and_draws_no_probability_plot(run_dir):
+    html = write_report(run_dir).read_text()
+    assert 'id="no-curation"' in html and "P(yes) distribution" not in html
+    assert "<b>verdict yes</b>: 2 questions, 2 distinct" in html  # the top questions need no flag
+
+
+def test_report_curation_filters_work_in_chromium(curated_run, tmp_path):
+    page = write_report(curated_run["out"])
+    dom = browse(tmp_path, page.as_uri() + "#reason=duplicate_question", "--dump-dom")
+    assert '<b id="shown">5</b>' in dom and "pwned" not in dom.split("<body")[0] and "data-pwned" not in dom
+    assert dom.count("<rect") >= 3 and 'id="yes-prob"' in dom
+    low = browse(tmp_path, page.as_uri() + "#reason=low_yes_prob", "--dump-dom")
+    assert '<b id="shown">1</b>' in low
+
+
+CURATION_DAMAGES = {
+    "curation rows malformed": lambda out: (out / "image_caption_and_synthetic_task.curation.jsonl").write_text(
+        '{"index": 0, "reason": 5}\n7\n{"index": "1", "reason": "duplicate_question"}\n{"index": 2, "reason": "' + FORM.replace('"', "'") + '"}\n'),
+    "stats curation of wrong types": lambda out: edit_stats(out, lambda s: s["format"].update(curation={
+        "dedup": FORM, "max_per_question": "x", "questions_seen": None, "min_yes_prob": FORM, "yes_prob_checked": [1]})),
+    "stats curation not an object": lambda out: edit_stats(out, lambda s: s["format"].update(curation=[FORM])),
+    "logprobs hand-edited": lambda out: edit_rows(out, set_rows((0, "consistency_logprobs", {"yes": "x"}), (1, "consistency_logprobs", {"yes": 3.0}),
+                                                              (2, "consistency_logprobs", {"yes": -1e308, "no": -1e-308}), (3, "consistency_logprobs", [1]))),
+}
+
+
+@pytest.mark.parametrize("damage", CURATION_DAMAGES, ids=list(CURATION_DAMAGES))
+def test_report_survives_hand_edited_curation(run_dir, damage, capsys):
+    from adamllm.cli import main
+
+    CURATION_DAMAGES[damage](run_dir)
+    assert main(["report", str(run_dir)]) == 0
+    html = (run_dir / "report.html").read_text()
+    assert html.count('<section class="card"') == 6 and html.rstrip().endswith("</html>")
+    assert "<form" not in html and "<input" not in html
+
+
+def test_report_names_a_curation_file_that_is_not_json(run_dir, capsys):
+    from adamllm.cli import main
+
+    (run_dir / "image_caption_and_synthetic_task.curation.jsonl").write_text("{nope\n")
+    with pytest.raises(SystemExit) as exit:
+        main(["report", str(run_dir)])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "image_caption_and_synthetic_task.curation.jsonl" in err and "Traceback" not in err

@@ -13,9 +13,9 @@ import argparse
 import logging
 import sys
 
-from adamllm.cli import convert_llava, filter, fixtures, format_data, merge_seed, report, run, synthesize, tiny_models, train
+from adamllm.cli import convert_llava, export, filter, fixtures, format_data, merge_seed, report, run, synthesize, tiny_models, train
 
-COMMANDS = (merge_seed, train, run, synthesize, filter, format_data, report, convert_llava, tiny_models, fixtures)
+COMMANDS = (merge_seed, train, run, synthesize, filter, format_data, report, export, convert_llava, tiny_models, fixtures)
 
 EPILOG = """\
 The pipeline:
@@ -27,6 +27,7 @@ The pipeline:
             adamllm filter ...              triplets -> consistent triplets
             adamllm format ...              filtered triplets -> post-training data
             adamllm report OUTPUT_DIR       OUTPUT_DIR/report.html: the path of every record
+            adamllm export OUTPUT_DIR --to DIR   a datasets dataset + card (--push_to_hub REPO)
             cd QA-Synthesizer/vllm_inference && bash run_synthesis.sh SYNTHESIZER CHECKER PAIRS IMAGES OUT
   models    adamllm convert-llava SRC OUT          a LLaVA-repo checkpoint (the paper's base) -> llava-hf layout
   testing   adamllm make-tiny-models exp/tiny

@@ -19,7 +19,9 @@ T = TypeVar("T")
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per field of `cls` (positional-free: every field is a --flag)."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    # Required flags first: a dataclass's inherited optional fields would otherwise lead its --help.
+    ordered = sorted(dataclasses.fields(cls), key=lambda f: not f.metadata.get("required", f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING))
+    for f in ordered:
         flags = [f"--{f.name}"]
         if "_" in f.name:
             flags.append(f"--{f.name.replace('_', '-')}")
