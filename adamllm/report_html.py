@@ -125,11 +125,11 @@ def _stage_table(stats: dict[str, dict]) -> str:
         s = stats.get(stage, {})
         cells = [
             stage, number(s.get("records_in")), number(s.get("records_out")), _rejected(s.get("rejected")),
-            number(s.get("wall_s"), ".1f"), number(s.get("engine_s"), ".1f"),
+            number(s.get("wall_s"), ".1f"), number(s.get("engine_s"), ".1f"), number(s.get("image_wait_s"), ".1f"),
             number(s.get("prompt_tokens")), number(s.get("output_tokens")),
         ]
         rows.append("<tr>" + "".join(f"<td>{_h(c)}</td>" for c in cells) + "</tr>")
-    head = "<tr><th>stage</th><th>in</th><th>out</th><th>rejected by reason</th><th>wall s</th><th>engine s</th><th>prompt tokens</th><th>output tokens</th></tr>"
+    head = "<tr><th>stage</th><th>in</th><th>out</th><th>rejected by reason</th><th>wall s</th><th>engine s</th><th>waiting for images s</th><th>prompt tokens</th><th>output tokens</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
 
 

@@ -69,7 +69,7 @@ def run_dir(tmp_path):
     fmt = FormatArgs(data_path=str(out / "filtered_task_pairs.jsonl"), image_folder=str(images), output=str(out / "image_caption_and_synthetic_task.json"))
     summary = run_format(fmt)
     assert summary.records_out == 5  # the record with a missing image is rejected by format
-    update_stats(out, "synthesize", {"records_in": 6, "records_out": 5, "rejected": {"image_missing": 1}, "wall_s": 1.0, "engine_s": 0.5, "prompt_tokens": 600, "output_tokens": 90, "args": {"image_folder": str(images)}})
+    update_stats(out, "synthesize", {"records_in": 6, "records_out": 5, "rejected": {"image_missing": 1}, "wall_s": 1.0, "engine_s": 0.5, "image_wait_s": 0.25, "prompt_tokens": 600, "output_tokens": 90, "args": {"image_folder": str(images)}})
     update_stats(out, "filter", {"records_in": 6, "records_out": 2, "rejected": {"no_triplet": 1, "image_missing": 1, "consistency_no": 1, "consistency_open": 1}, "pass_rate": 0.5, "wall_s": 0.2})
     update_stats(out, "format", {"records_in": 6, "records_out": 5, "rejected": {"image_missing": 1}})
     return out
@@ -81,6 +81,7 @@ def test_report_is_self_contained_and_escaped(run_dir):
     assert EVIL not in html and "&lt;script&gt;" in html
     assert "http://" not in html and "https://" not in html  # nothing to fetch: images are embedded
     assert html.count('src="data:image/jpeg;base64,') == 5
+    assert "<th>waiting for images s</th>" in html and "<td>synthesize</td><td>6</td><td>5</td><td>image_missing: 1</td><td>1.0</td><td>0.5</td><td>0.2</td>" in html
 
 
 def test_report_renders_in_chromium_with_filters_and_no_injected_script(run_dir, tmp_path):
