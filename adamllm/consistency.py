@@ -25,6 +25,7 @@ from adamllm.formats import (
     PRED,
     SYN_ID,
     RecordError,
+    Rejects,
     check_unicode,
     error_reason,
     iter_input_records,
@@ -113,6 +114,8 @@ class FilterStage:
         self.args = args
         self.template = args.template()
         self.pending: dict[int, dict] = {}  # collected records waiting for their verdict
+        self.tokenizer = None  # the checker's, once loaded: prompts longer than the engine takes are rejected
+        self.room = 0  # prompt tokens the engine takes: --max_model_len less the verdict's tokens
 
     def records(self):
         last = -1
@@ -139,18 +142,30 @@ class FilterStage:
         if not any(isinstance(r, dict) and collect(r)[COLLECTED_QA] is not None for r in read_jsonl(self.args.data_path)):
             return None, None
         engine = build_engine(self.args, multimodal=False)
+        self.tokenizer = engine.tokenizer
         eos = [engine.tokenizer.eos_token_id]
         if self.args.mode == "logprob":
-            return engine, GenParams(max_tokens=1, stop_token_ids=eos, candidates=candidate_ids(engine.tokenizer))
-        return engine, GenParams(max_tokens=2, stop_token_ids=eos)
+            params = GenParams(max_tokens=1, stop_token_ids=eos, candidates=candidate_ids(engine.tokenizer))
+        else:
+            params = GenParams(max_tokens=2, stop_token_ids=eos)
+        self.room = self.args.max_model_len - params.max_tokens
+        return engine, params
 
     def prepare(self, syn_id: int, record) -> Request:
         out = collect(record)
         qa = out[COLLECTED_QA]
         if qa is None:
             raise RecordError(error_reason(out) or "no_triplet", "no triplet to judge")
+        prompt = filter_prompt(qa["Q"], qa["informative_A"], qa["precise_A"], self.template)
+        # The engine would refuse it and take its batch down; said here, it is this record's reason.
+        if (n := len(self.tokenizer(prompt).input_ids)) > self.room:
+            raise RecordError(
+                "prompt_too_long",
+                f"{n} prompt tokens leave no room to answer under --max_model_len {self.args.max_model_len}; "
+                "raise --max_model_len (the release's filter allows 8192) or shorten --prompt_file",
+            )
         self.pending[syn_id] = out
-        return Request(filter_prompt(qa["Q"], qa["informative_A"], qa["precise_A"], self.template))
+        return Request(prompt)
 
     def finish(self, syn_id: int, record, generation: Generation) -> dict:
         out = self.pending.pop(syn_id)
@@ -164,7 +179,10 @@ class FilterStage:
 
     def reject(self, syn_id: int, record, error: RecordError) -> dict:
         self.pending.pop(syn_id, None)
-        return collect(record)  # the record as collected: without a triplet, its error says why
+        out = collect(record)  # the record as collected: without a triplet, its error says why
+        if ERROR not in out:  # a triplet the checker could not judge (prompt_too_long, stage_error)
+            out[ERROR] = {"reason": error.reason, "detail": error.detail}
+        return out
 
     def kept(self, output: dict) -> bool:
         return output.get(CONSISTENCY) == "yes"
@@ -174,15 +192,20 @@ class FilterStage:
 
 
 def tally(output: Path) -> dict:
+    """Counts of the merged output. Records the checker could not judge (no triplet, too long) also
+    go to the rejects file with their reason; judged ones stay in the output with their verdict."""
     verdicts: Counter = Counter()
-    missing: Counter = Counter()
+    rejects = Rejects(run_folder.rejects_path(output))
     n = 0
     for record in read_jsonl(output):
         n += 1
         if record[CONSISTENCY] is not None:
             verdicts[record[CONSISTENCY]] += 1
         else:
-            missing[error_reason(record) or "unknown"] += 1
+            error = record.get(ERROR) if isinstance(record.get(ERROR), dict) else {}
+            rejects.add(error_reason(record) or "unknown", error.get("detail", ""), record, syn_id=record.get(SYN_ID))
+    rejects.close()
+    missing = rejects.counts
     kept = verdicts["yes"]
     judged = sum(verdicts.values())
     return {

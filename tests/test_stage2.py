@@ -208,6 +208,24 @@ def test_filter_collects_triplets_from_handwritten_preds(tiny_models, tmp_path, 
         assert stats["cached_prompt_tokens"] > 0, "the shared instruction + examples should come from the prefix cache"
 
 
+@pytest.mark.parametrize("engine", ["vllm", "hf"])
+def test_filter_prompt_too_long_is_that_records_reason_not_its_batchs(tiny_models, tmp_path, engine):
+    """The release's filter loses a whole 500-record chunk when one prompt is too long for the engine;
+    here that record alone is rejected, with the reason and the fix."""
+    data = handwritten(tmp_path)
+    records = read_jsonl(data)
+    long = " ".join(["three"] * 9000)
+    records[1]["pred"] = records[1]["pred"].replace("It is ramen.", long)
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    stats = run_filter(FilterArgs(model=str(tiny_models["checker"]), data_path=str(data), output_dir=str(tmp_path), engine=engine, batch_size=8))
+    out = read_jsonl(tmp_path / "filtered_task_pairs.jsonl")
+    assert out[0]["consistency"] is not None and "error" not in out[0]
+    assert out[1]["consistency"] is None and out[1]["error"]["reason"] == "prompt_too_long"
+    assert "--max_model_len 4096" in out[1]["error"]["detail"] and out[1]["collected_QA"]["precise_A"] == "Ramen"
+    assert stats["rejected"]["prompt_too_long"] == 1 and stats["records_in"] == 4 == stats["records_out"] + sum(stats["rejected"].values())
+    assert [r["syn_id"] for r in read_jsonl(tmp_path / "filtered_task_pairs.rejects.jsonl") if r["reason"] == "prompt_too_long"] == [1]
+
+
 def test_user_prompt_file_needs_the_placeholders(tmp_path):
     bad = tmp_path / "p.txt"
     bad.write_text("Judge: {Q} {precise_A}")
