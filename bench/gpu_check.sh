@@ -14,7 +14,8 @@
 # Exit status 1 when a step failed.
 #
 # Environment:
-#   PYTHON=python3         the interpreter (torch, transformers, accelerate, deepspeed; vllm optional)
+#   PYTHON=python3         the interpreter (torch, transformers, accelerate, deepspeed; vllm optional;
+#                          a box without DeepSpeed or network: bench/gpu_wheels.sh makes the wheels)
 #   GPU_CHECK_SMALL=1      a plumbing check that runs on a CPU: tiny sizes, float32, bench_stage1
 #                          --small, bench_stage2 --small; what needs CUDA is skipped, with the reason
 #   BENCH2_LAYERS=8        text layers of bench_stage2's random 8B-shaped model (32: the real depth)
