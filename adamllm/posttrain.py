@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,7 +49,6 @@ from adamllm.formats import (
     dataset_info_entry,
     iter_input_records,
     iter_json_records,
-    json_line,
     llava_record,
     parse_caption_pair,
     sharegpt_record,
@@ -204,32 +202,16 @@ def examine(record, index: int, args: FormatArgs, seen: set[int]) -> Examined:
     return found
 
 
-class CurationLog:
-    """OUTPUT's .curation.jsonl: one line per record whose synthetic task curation removed, written
-    as they come (in input order); opened lazily, so a run that removes nothing leaves no file."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.counts: Counter = Counter()
-        self._fh = None
-
-    def add(self, index: int, syn_id: int, reason: str, detail: str, question: str, yes_prob: float | None, duplicate_of: int | None) -> None:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "w", encoding="utf-8")
-        row = {"index": index, "syn_id": syn_id, "reason": reason, "detail": detail, "Q": question,
-               "yes_prob": None if yes_prob is None else round(yes_prob, 6), "duplicate_of": duplicate_of}
-        self._fh.write(json_line(row) + "\n")
-        self.counts[reason] += 1
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+def log_curation(curation: Rejects, index: int, syn_id: int, reason: str, detail: str, question: str,
+                 yes_prob: float | None, duplicate_of: int | None) -> None:
+    """A line of OUTPUT's .curation.jsonl: a record whose synthetic task curation removed (the record
+    itself is in the output, with its caption task), written as it comes, in input order."""
+    curation.add(reason, detail, index=index, syn_id=syn_id, Q=question,
+                 yes_prob=None if yes_prob is None else round(yes_prob, 6), duplicate_of=duplicate_of)
 
 
 def build_record(record: dict, index: int, args: FormatArgs, out_dir: Path, summary: FormatSummary, seen: set[int],
-                 deduper: Deduper | None = None, curation: CurationLog | None = None) -> dict | None:
+                 deduper: Deduper | None = None, curation: Rejects | None = None) -> dict | None:
     """One post-training record, or None when the record has nothing to train on (syn-only mode)."""
     found = examine(record, index, args, seen)
     pair, syn_id = found.pair, found.syn_id
@@ -239,10 +221,10 @@ def build_record(record: dict, index: int, args: FormatArgs, out_dir: Path, summ
     triplet, missing = found.triplet, found.missing
     if curation is not None:
         if missing in (LOW_YES_PROB, NO_YES_PROB):
-            curation.add(index, syn_id, missing, found.detail, found.question, found.yes_prob, None)
+            log_curation(curation, index, syn_id, missing, found.detail, found.question, found.yes_prob, None)
         elif triplet is not None and deduper is not None and (kept_by := deduper.decide(syn_id, triplet.Q)) is not None:
             found.detail = f"the question duplicates that of syn_id {kept_by}, whose task is kept (--dedup {args.dedup}, --max_per_question {args.max_per_question})"
-            curation.add(index, syn_id, DUPLICATE_QUESTION, found.detail, triplet.Q, found.yes_prob, kept_by)
+            log_curation(curation, index, syn_id, DUPLICATE_QUESTION, found.detail, triplet.Q, found.yes_prob, kept_by)
             triplet, missing = None, DUPLICATE_QUESTION
     tasks = []
     if triplet is not None:
@@ -300,7 +282,7 @@ def scan_questions(args: FormatArgs) -> Deduper:
     return deduper
 
 
-def curation_summary(args: FormatArgs, deduper: Deduper | None, summary: FormatSummary, curation: CurationLog) -> dict:
+def curation_summary(args: FormatArgs, deduper: Deduper | None, summary: FormatSummary, curation: Rejects) -> dict:
     out: dict = {}
     if deduper is not None:
         out.update(dedup=args.dedup, max_per_question=args.max_per_question, seed=args.seed)
@@ -326,7 +308,7 @@ def run_format(args: FormatArgs) -> FormatSummary:
     deduper = scan_questions(args) if args.dedup != "none" else None
     curating = deduper is not None or args.min_yes_prob > 0
     rejects = Rejects(run_folder.rejects_path(output))
-    curation = CurationLog(curation_path(output))
+    curation = Rejects(curation_path(output))
     # Companion files of an earlier run would describe another output (files are opened lazily).
     for stale in (rejects.path, curation.path):
         if stale.is_file():
