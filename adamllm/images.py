@@ -80,8 +80,13 @@ def check_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> 
 
 def image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
     """An image's (width, height) from its header alone, within the pixel cap: to plan work before
-    decoding (which `open_image` or `check_image` then does)."""
-    return _read(path, max_pixels, lambda im: im.size)
+    decoding (which `open_image` or `check_image` then does). A file this process already decoded
+    whole is not opened again: its size (or why it failed) is known."""
+    key = _key(path, max_pixels)
+    known = _DECODED.get(key) if key else None
+    if isinstance(known, RecordError):
+        raise RecordError(known.reason, known.detail)
+    return known or _read(path, max_pixels, lambda im: im.size)
 
 
 # Verdicts of full decodes: (path, size, mtime, cap) -> (width, height) or the RecordError.

@@ -152,24 +152,25 @@ def _start_decoding(loaded: Loaded, ahead: dict, path) -> None:
 
 
 def _decode_upcoming(loaded: Loaded, upcoming: list[tuple[int, Any]]) -> dict:
-    """Start decoding the images of the next batch's first part (as `_pixel_parts` will cut it)."""
+    """Start decoding the images of the next batch's first part, cut as `_pixel_parts` will cut it."""
     ahead: dict = {}
-    if loaded.decoder is None:
-        return ahead
-    total = 0
-    for _, record in upcoming:
-        path = loaded.stage.image_path(record)
-        if path is None:
+    if loaded.decoder is not None:
+        sized = _sized_images(loaded.stage, upcoming)  # lazy: headers are read only up to the cut
+        for path, _ in next(_pixel_parts(sized, loaded.max_batch_pixels, pixels=lambda item: item[1]), []):
+            _start_decoding(loaded, ahead, path)
+    return ahead
+
+
+def _sized_images(stage: Stage, records: list[tuple[int, Any]]) -> Iterator[tuple[Path, int]]:
+    """(path, pixels) of the records' usable images; the others are rejected when their batch runs."""
+    for _, record in records:
+        if (path := stage.image_path(record)) is None:
             continue
         try:
             width, height = image_size(path)
         except RecordError:
-            continue  # rejected when its batch runs
-        if ahead and loaded.max_batch_pixels and total + width * height > loaded.max_batch_pixels:
-            break
-        total += width * height
-        _start_decoding(loaded, ahead, path)
-    return ahead
+            continue
+        yield path, width * height
 
 
 def _decoded(request: Request, ahead: dict) -> Request:
@@ -179,15 +180,15 @@ def _decoded(request: Request, ahead: dict) -> Request:
     return request
 
 
-def _pixel_parts(items: list, limit: int) -> Iterator[list]:
-    """Consecutive parts of `items` whose requests' pixels add up to at most `limit` (one item at least)."""
+def _pixel_parts(items, limit: int, pixels=lambda item: item[2].pixels) -> Iterator[list]:
+    """Consecutive parts of `items` whose pixels add up to at most `limit` (one item at least)."""
     part, total = [], 0
     for item in items:
-        pixels = item[2].pixels
-        if part and limit and total + pixels > limit:
+        n = pixels(item)
+        if part and limit and total + n > limit:
             yield part
             part, total = [], 0
         part.append(item)
-        total += pixels
+        total += n
     if part:
         yield part
