@@ -23,6 +23,19 @@ def write_json(path, obj):
     return Path(path)
 
 
+def pairs_with_bad_images(root, num_pairs: int, seed: int, missing: int, corrupt: int) -> dict:
+    """Generated stage-2 pairs where record `missing` names an absent image and record `corrupt`'s
+    image file is not an image."""
+    from adamllm.fixtures import make_caption_pairs
+
+    out = make_caption_pairs(root, num_pairs, seed=seed)
+    records = read_json(out["data_path"])
+    (out["image_folder"] / records[corrupt]["images"][0]).write_bytes(b"not an image")
+    records[missing]["images"] = ["missing.png"]
+    write_json(out["data_path"], records)
+    return out
+
+
 @pytest.fixture
 def seed_fixtures(tmp_path):
     from adamllm.fixtures import make_seed_fixtures

@@ -1,7 +1,6 @@
 """`--executor ray` on real Ray (a local instance, and a two-node cluster on this machine): the same
 files as the local executor, spread over nodes, resumed after a driver kill, redone after an actor kill."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adamllm.fixtures import make_caption_pairs
-from conftest import read_json, read_jsonl
+from conftest import pairs_with_bad_images, read_json, read_jsonl
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -23,12 +21,7 @@ NEW_TOKENS = 16
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     """30 generated pairs; record 3 names a missing image, record 7 a corrupt one."""
-    out = make_caption_pairs(tmp_path_factory.mktemp("pairs"), 30, seed=21)
-    records = read_json(out["data_path"])
-    records[3]["images"] = ["missing.png"]
-    (out["image_folder"] / records[7]["images"][0]).write_bytes(b"not an image")
-    out["data_path"].write_text(json.dumps(records))
-    return out
+    return pairs_with_bad_images(tmp_path_factory.mktemp("pairs"), 30, seed=21, missing=3, corrupt=7)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from adamllm import prompts
 from adamllm.consistency import FilterArgs, run_filter
 from adamllm.fixtures import make_caption_pairs
 from adamllm.synthesize import SynthesizeArgs, run_synthesize
-from conftest import read_json, read_jsonl
+from conftest import pairs_with_bad_images, read_json, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +26,7 @@ NEW_TOKENS = 32
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     """24 generated pairs, one of them pointing at a missing image and one at a corrupt one."""
-    out = make_caption_pairs(tmp_path_factory.mktemp("pairs"), 24, seed=5)
-    records = read_json(out["data_path"])
-    records[5]["images"] = ["missing.png"]
-    (out["image_folder"] / "pair_000009.png").write_bytes(b"not a png")
-    out["data_path"].write_text(json.dumps(records))
-    return out
+    return pairs_with_bad_images(tmp_path_factory.mktemp("pairs"), 24, seed=5, missing=5, corrupt=9)
 
 
 def synth_args(tiny_models, pairs, out_dir, **kw):
