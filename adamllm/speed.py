@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import logging
 import os
 import resource
@@ -30,9 +29,11 @@ from types import MethodType
 import torch
 import transformers
 
+from adamllm.formats import write_json
+from adamllm.train_data import IGNORE_INDEX
+
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 # Attention implementations of transformers 5.x that keep packed samples apart: flash-attention reads
 # the restarts of position_ids as sequence boundaries (varlen), sdpa / eager / flex build a
 # block-diagonal causal mask from them (masking_utils.find_packed_sequence_indices). Any other
@@ -227,5 +228,4 @@ class StepTimer(transformers.TrainerCallback):
                       "peak_reserved_bytes": torch.cuda.max_memory_reserved()}
         else:  # peak resident set of this process (Linux reports KiB)
             memory = {"device": "cpu", "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"world_size": args.world_size, **memory, "steps": self.steps}, indent=1))
+        write_json(self.path, {"world_size": args.world_size, **memory, "steps": self.steps})
