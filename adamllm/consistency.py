@@ -158,7 +158,9 @@ class FilterStage:
             raise RecordError(error_reason(out) or "no_triplet", "no triplet to judge")
         prompt = filter_prompt(qa["Q"], qa["informative_A"], qa["precise_A"], self.template)
         # The engine would refuse it and take its batch down; said here, it is this record's reason.
-        if (n := len(self.tokenizer(prompt).input_ids)) > self.room:
+        # A token covers one UTF-8 byte at least, so only a prompt with more bytes than the room (+2:
+        # BOS, a SentencePiece word prefix) can be too long: the others are not tokenized twice.
+        if len(prompt.encode("utf-8", "surrogatepass")) + 2 > self.room and (n := len(self.tokenizer(prompt).input_ids)) > self.room:
             raise RecordError(
                 "prompt_too_long",
                 f"{n} prompt tokens leave no room to answer under --max_model_len {self.args.max_model_len}; "
