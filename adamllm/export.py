@@ -43,9 +43,9 @@ from typing import Any, Iterator
 
 from adamllm.curate import LOGPROBS, yes_prob
 from adamllm.dataset_card import CARD_FILE, dataset_card, stage_args
-from adamllm.formats import COLLECTED_QA, CONSISTENCY, SYN_ID, RecordError, Rejects, iter_json_records, parse_caption_pair, write_json
+from adamllm.formats import COLLECTED_QA, CONSISTENCY, SYN_ID, RecordError, Rejects, parse_caption_pair, read_json_file, read_run_records, write_json
 from adamllm.images import check_image, resolve_image_path
-from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, rejects_path
+from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, curation_path, rejects_path
 
 log = logging.getLogger(__name__)
 
@@ -134,26 +134,12 @@ class ExportSummary:
 
 
 # --- reading the run folder -----------------------------------------------------------------------
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError, OSError) as e:
-        raise ValueError(f"{path} is not readable JSON ({e})") from None
-
-
-def _records(path: Path) -> Iterator[Any]:
-    try:
-        yield from iter_json_records(path)
-    except (ValueError, RecursionError, OSError) as e:
-        raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
-
-
 def _indices(path: Path) -> Iterator[tuple[int, dict]]:
     """(index, row) of a companion file format writes in input order (rejects, curation)."""
     if not path.exists():
         return
     last = -1
-    for n, row in enumerate(_records(path)):
+    for n, row in enumerate(read_run_records(path)):
         index = row.get("index") if isinstance(row, dict) else None
         if type(index) is not int or index <= last:
             raise ValueError(f"{path}: row {n} has index {index!r}; format writes increasing record indices here. Rerun `adamllm format`")
@@ -183,23 +169,17 @@ def check_join(out: Path) -> int:
     """The number of post-training records, proven to match the filtered file less format's rejects
     (how rows are joined with their records); ValueError before any work when they do not."""
     final = out / FINAL_FILE
-    filtered = sum(1 for _ in _records(out / FILTERED_FILE))
+    filtered = sum(1 for _ in read_run_records(out / FILTERED_FILE))
     rejected = sum(1 for index, _ in _indices(rejects_path(final)) if index < filtered)
-    for _ in _indices(curation_file(out)):
+    for _ in _indices(curation_path(out / FINAL_FILE)):
         pass  # its order is checked here, before any work
-    finals = sum(1 for _ in _records(final))
+    finals = sum(1 for _ in read_run_records(final))
     if finals != filtered - rejected:
         raise ValueError(
             f"{final} holds {finals} records, but {out / FILTERED_FILE} holds {filtered}, of which format rejected {rejected}: "
             "they are not from the same format run; rerun `adamllm format` into this folder, then export"
         )
     return finals
-
-
-def curation_file(out: Path) -> Path:
-    from adamllm.posttrain import curation_path
-
-    return curation_path(out / FINAL_FILE)
 
 
 # --- rows -----------------------------------------------------------------------------------------
@@ -267,11 +247,11 @@ def generate_rows(out_dir: str, folder: str, rejects: Rejects, summary: ExportSu
     out = Path(out_dir)
     final_path = out / FINAL_FILE
     rejected = _indices(rejects_path(final_path))
-    curated = _indices(curation_file(out))
+    curated = _indices(curation_path(out / FINAL_FILE))
     next_rejected, next_curated = next(rejected, None), next(curated, None)
-    finals = _records(final_path)
+    finals = read_run_records(final_path)
     no_task: Counter = Counter()
-    for index, record in enumerate(_records(out / FILTERED_FILE)):
+    for index, record in enumerate(read_run_records(out / FILTERED_FILE)):
         while next_rejected is not None and next_rejected[0] < index:
             next_rejected = next(rejected, None)
         if next_rejected is not None and next_rejected[0] == index:
@@ -303,7 +283,7 @@ def run_export(args: ExportArgs) -> ExportSummary:
     import datasets
 
     out = Path(args.output_dir)
-    stats = _json(out / STATS_FILE)
+    stats = read_json_file(out / STATS_FILE)
     if not isinstance(stats, dict):
         raise ValueError(f"{out / STATS_FILE} is not a JSON object of stages")
     folder = image_folder(args, stats)

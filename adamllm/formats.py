@@ -60,6 +60,23 @@ def iter_json_records(path: str | os.PathLike) -> Iterator[Any]:
             yield from _iter_jsonl(head + fh.readline(), fh, path)
 
 
+def read_run_records(path: str | os.PathLike) -> Iterator[Any]:
+    """`iter_json_records` for a run folder's own files (report, export): any damage, even a file
+    that is not UTF-8, nested too deep or unreadable, is one ValueError naming the file."""
+    try:
+        yield from iter_json_records(path)
+    except (ValueError, RecursionError, OSError) as e:
+        raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+
+
+def read_json_file(path: str | os.PathLike) -> Any:
+    """A whole small JSON file (stats.json, a fingerprint); any damage is a ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, RecursionError, OSError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e})") from None
+
+
 def _skip_space(fh) -> str:
     while True:
         ch = fh.read(1)

@@ -162,13 +162,6 @@ def record_syn_id(record: dict, index: int, seen: set[int]) -> int:
     return syn_id
 
 
-def curation_path(output: str | Path) -> Path:
-    """The list of records whose synthetic task curation removed, beside the output
-    (`x.json` -> `x.curation.jsonl`)."""
-    output = Path(output)
-    return output.with_name(f"{run_folder.stem(output.name)}.curation.jsonl")
-
-
 @dataclass
 class Examined:
     """A usable record as format sees it, before duplicate questions are looked at."""
@@ -308,7 +301,7 @@ def run_format(args: FormatArgs) -> FormatSummary:
     deduper = scan_questions(args) if args.dedup != "none" else None
     curating = deduper is not None or args.min_yes_prob > 0
     rejects = Rejects(run_folder.rejects_path(output))
-    curation = Rejects(curation_path(output))
+    curation = Rejects(run_folder.curation_path(output))
     # Companion files of an earlier run would describe another output (files are opened lazily).
     for stale in (rejects.path, curation.path):
         if stale.is_file():

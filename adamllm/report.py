@@ -22,38 +22,22 @@ import base64
 import io
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from adamllm.curate import LOGPROBS, yes_prob
-from adamllm.formats import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, RecordError, iter_json_records
+from adamllm.formats import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, RecordError, read_json_file, read_run_records
 from adamllm.images import load_image
 from adamllm.parse import parse_pairs
-from adamllm.posttrain import curation_path
 from adamllm.report_html import TRIPLET_KEYS, Card, render
-from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, REPORT_FILE, STATS_FILE, TRIPLETS_FILE, fingerprint_files, rejects_path
+from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, REPORT_FILE, STATS_FILE, TRIPLETS_FILE, curation_path, fingerprint_files, rejects_path
 
 THUMBNAIL = 160
 
 
 # --- reading a run folder --------------------------------------------------------------------------
-def _records(path: Path) -> Iterator[Any]:
-    """The records of a JSON or JSONL run file; damage is a ValueError naming the file."""
-    try:
-        yield from iter_json_records(path)
-    except (ValueError, RecursionError, OSError) as e:  # not JSON, not UTF-8, nested too deep, unreadable
-        raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
-
-
-def _json_file(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError, OSError) as e:
-        raise ValueError(f"{path} is not readable JSON ({e})") from None
-
-
 def load_stats(path: Path) -> dict[str, dict]:
     """stats.json as {stage: entry}; an entry that is not an object is dropped, so it shows blank."""
-    stats = _json_file(path)
+    stats = read_json_file(path)
     if not isinstance(stats, dict):
         raise ValueError(f"{path} is not a JSON object of stages (it holds a {type(stats).__name__})")
     return {stage: entry for stage, entry in stats.items() if isinstance(entry, dict)}
@@ -165,18 +149,18 @@ def load_cards(out_dir: Path, thumbnail: Thumbnails) -> list[Card]:
     final_path = out_dir / FINAL_FILE
     format_rejects = rejects_path(final_path)
     rejected = {
-        row["index"] for row in (_records(format_rejects) if format_rejects.exists() else ())
+        row["index"] for row in (read_run_records(format_rejects) if format_rejects.exists() else ())
         if isinstance(row, dict) and type(row.get("index")) is int
     }
     curation = curation_path(final_path)
     curated = {
-        row["index"]: row for row in (_records(curation) if curation.exists() else ())
+        row["index"]: row for row in (read_run_records(curation) if curation.exists() else ())
         if isinstance(row, dict) and type(row.get("index")) is int
     }
-    finals = _records(final_path) if final_path.exists() else iter(())
+    finals = read_run_records(final_path) if final_path.exists() else iter(())
     return [
         _card(index, record, None if index in rejected else next(finals, None), thumbnail, curated.get(index))
-        for index, record in enumerate(_records(out_dir / FILTERED_FILE))
+        for index, record in enumerate(read_run_records(out_dir / FILTERED_FILE))
     ]
 
 
@@ -190,7 +174,7 @@ def _recorded_image_folder(out_dir: Path) -> tuple[Path, str] | None:
     if not paths:
         return None
     path = max(paths, key=lambda p: p.stat().st_mtime_ns)
-    fingerprint = _json_file(path)
+    fingerprint = read_json_file(path)
     folder = fingerprint.get("image_folder") if isinstance(fingerprint, dict) else None
     return (path, folder) if isinstance(folder, str) and folder else None
 

@@ -41,6 +41,13 @@ def rejects_path(output: str | Path) -> Path:
     return output.with_name(f"{stem(output.name)}.rejects.jsonl")
 
 
+def curation_path(output: str | Path) -> Path:
+    """The records whose synthetic task curation removed, beside format's output
+    (`x.json` -> `x.curation.jsonl`; `adamllm format --dedup / --min_yes_prob`)."""
+    output = Path(output)
+    return output.with_name(f"{stem(output.name)}.curation.jsonl")
+
+
 def summary_path(output: str | Path) -> Path:
     """The summary beside an output file (`x.json` -> `x.summary.json`)."""
     output = Path(output)
