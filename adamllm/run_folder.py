@@ -4,8 +4,9 @@ them on its own.
 A stage-2 output folder (OUTPUT_DIR) holds:
 
     syn_task_triplets.jsonl            stage 2a, one record per input record (+ .rejects.jsonl)
-    filtered_task_pairs.jsonl          stage 2b (+ .rejects.jsonl when a stage writes one)
-    image_caption_and_synthetic_task.json   stage 2c (+ .rejects.jsonl, .summary.json, dataset_info.json)
+    filtered_task_pairs.jsonl          stage 2b (+ .rejects.jsonl: the records it could not judge)
+    image_caption_and_synthetic_task.json   stage 2c (+ .rejects.jsonl, .summary.json, dataset_info.json,
+                                       and .curation.jsonl when --dedup / --min_yes_prob removed a task)
     prompts.jsonl                      synthesize --dry_run (+ .rejects.jsonl)
     stats.json                         counts, times and tokens of every stage
     report.html                        adamllm report
