@@ -37,11 +37,22 @@ def run_check(out: Path, python: str, timeout: int) -> subprocess.CompletedProce
                           env=env, cwd=ROOT, timeout=timeout)
 
 
+def failed_logs(out: Path) -> str:
+    """The ends of the failed steps' logs: CI keeps no tmp folder, so a failure must carry its cause."""
+    lines = (out / "summary.txt").read_text().splitlines()[3:] if (out / "summary.txt").exists() else []
+    failed = [line.split(" | ")[0].strip() for line in lines if "FAILED" in line]
+    text = []
+    for step in failed:
+        for log in sorted((out / "logs").glob(f"{step}*.log")):
+            text.append(f"---- {log.name} ----\n" + log.read_text(errors="replace")[-3000:])
+    return "\n".join(text)
+
+
 @pytest.mark.slow
 def test_cpu_mode_runs_every_step_and_packs_the_logs(tmp_path):
     out = tmp_path / "gpu_check"
     run = run_check(out, sys.executable, timeout=1500)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    assert run.returncode == 0, (run.stdout + run.stderr)[-2500:] + "\n" + failed_logs(out)
     rows = table(out)
     assert list(rows) == STEPS, rows
     for step, (status, seconds, key) in rows.items():
