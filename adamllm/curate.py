@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from adamllm.formats import CONSISTENCY
+
 DEDUP_MODES = ("none", "exact", "near")
 NUM_PERM = 128  # MinHash permutations: the estimate's standard error is about 1 / sqrt(128) = 0.09
 DEFAULT_NEAR_THRESHOLD = 0.8
@@ -178,7 +180,7 @@ def lacks_logprob_verdicts(records) -> bool:
         if isinstance(r, dict):
             if isinstance(r.get(LOGPROBS), dict):
                 return False
-            verdicts = verdicts or r.get("consistency") is not None
+            verdicts = verdicts or r.get(CONSISTENCY) is not None
     return verdicts
 
 

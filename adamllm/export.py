@@ -44,7 +44,8 @@ from typing import Any, Iterator
 from adamllm.curate import LOGPROBS, yes_prob
 from adamllm.dataset_card import CARD_FILE, dataset_card, stage_args
 from adamllm.formats import COLLECTED_QA, CONSISTENCY, SYN_ID, RecordError, Rejects, parse_caption_pair, read_json_file, read_run_records, write_json
-from adamllm.images import check_image, resolve_image_path
+from adamllm.images import read_image_bytes, resolve_image_path
+from adamllm.posttrain import kept_triplet
 from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, curation_path, rejects_path
 
 log = logging.getLogger(__name__)
@@ -209,8 +210,6 @@ def _final_image(final: Any) -> str:
 
 
 def _row(record: dict, final: Any, curated: dict | None, folder: str) -> dict:
-    from adamllm.posttrain import kept_triplet
-
     pair = parse_caption_pair(record)  # format admitted it, so this holds unless the file was edited since
     image = pair.image
     if Path(_final_image(final)).name != Path(image).name:
@@ -218,12 +217,7 @@ def _row(record: dict, final: Any, curated: dict | None, folder: str) -> dict:
             f"the post-training record for syn_id {record.get(SYN_ID)!r} names image {_final_image(final)!r}, its filtered record "
             f"{image!r}: the files are not from the same format run; rerun `adamllm format`, then export"
         )
-    path = resolve_image_path(folder, image)
-    check_image(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise RecordError("image_unreadable", f"{path}: {e.strerror or e}") from None
+    data = read_image_bytes(resolve_image_path(folder, image))
     qa = record.get(COLLECTED_QA) if isinstance(record.get(COLLECTED_QA), dict) else {}
     triplet, missing = kept_triplet(record)
     reason = curated.get("reason") if curated else ("" if triplet is not None else missing)

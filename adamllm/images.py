@@ -3,6 +3,7 @@ the blank image of stage 1."""
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -65,11 +66,26 @@ def check_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> 
     passes `verify()`, then fails the trainer or the post-training user). Each file is decoded once
     per process: the verdict is kept by path, size and modification time.
     """
+    return _check(path, max_pixels, None)
+
+
+def read_image_bytes(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:
+    """A file's bytes, checked as `check_image` checks it, from those bytes: a file handed on whole
+    (`adamllm export`) is read from disk once."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise RecordError("image_unreadable", f"{path}: {e.strerror or e}") from None
+    _check(path, max_pixels, data)
+    return data
+
+
+def _check(path, max_pixels: int, data: bytes | None) -> tuple[int, int]:
     key = _key(path, max_pixels)
     known = _DECODED.get(key) if key else None
     if known is None:
         try:
-            known = _read(path, max_pixels, lambda im: (im.load(), im.size)[1])
+            known = _read(path, max_pixels, lambda im: (im.load(), im.size)[1], data)
         except RecordError as e:
             known = e
         _remember(path, max_pixels, known)
@@ -111,11 +127,12 @@ def _remember(path, max_pixels: int, verdict) -> None:
     _DECODED[key] = verdict
 
 
-def _read(path, max_pixels: int, use):
+def _read(path, max_pixels: int, use, data: bytes | None = None):
+    """`use(image)` of the file at `path` (or of its bytes `data`, already read), within the cap."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path if data is None else io.BytesIO(data)) as im:
                 width, height = im.size
                 if width * height > max_pixels:
                     raise RecordError(

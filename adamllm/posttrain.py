@@ -124,6 +124,7 @@ class FormatArgs(CurationArgs):
     train_on_syn_only: bool = field(default=False, metadata={"help": "Keep only records with a kept synthetic task, without their caption task."})
     style: str = field(default="llamafactory", metadata={"help": "llamafactory: ShareGPT messages + images (paths relative to the output file); llava: LLaVA conversations (paths relative to the image folder).", "choices": list(STYLES)})
     seed: int = field(default=42, metadata={"help": "Seed of the per-record template choice and caption placement, and of which duplicates keep their task (--dedup)."})
+
     def __post_init__(self):
         errors = []
         if not Path(self.data_path).is_file():
@@ -135,6 +136,7 @@ class FormatArgs(CurationArgs):
         errors += self.curation_errors()
         if errors:
             raise ValueError("; ".join(errors))
+
 
 @dataclass
 class FormatSummary:

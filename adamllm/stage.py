@@ -89,12 +89,10 @@ def run_batch(loaded: Loaded, batch: list[tuple[int, Any]], stats: dict, upcomin
             out[syn_id] = stage.reject(syn_id, record, e)
     parts = list(_pixel_parts(todo, loaded.max_batch_pixels))
     for k, part in enumerate(parts):
-        for _, _, request in part:
+        # This part's images that are not decoding yet, then the next part's (or the next batch's).
+        for _, _, request in part + (parts[k + 1] if k + 1 < len(parts) else []):
             _start_decoding(loaded, ahead, request.image_path)
-        if k + 1 < len(parts):
-            for _, _, request in parts[k + 1]:
-                _start_decoding(loaded, ahead, request.image_path)
-        elif upcoming:
+        if k + 1 == len(parts) and upcoming:
             loaded.ahead = _decode_upcoming(loaded, upcoming)
         ready = []
         start = time.monotonic()

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from adamllm.formats import RecordError
-from adamllm.images import check_image, ensure_blank_image, load_image, resolve_image_path
+from adamllm.images import check_image, ensure_blank_image, load_image, read_image_bytes, resolve_image_path
 
 
 def reason(fn, *args):
@@ -65,6 +65,22 @@ def test_decompression_bomb_rejected_before_decoding(folder):
     assert reason(check_image, folder / "bomb.png") == "image_too_large"
     (folder / "big.png").write_bytes(png_header_claiming(20_000, 20_000))
     assert reason(check_image, folder / "big.png") == "image_too_large"
+
+
+def test_read_image_bytes_checks_the_bytes_it_read(folder, tmp_path, monkeypatch):
+    """The file is opened once: its bytes, then the decode check from them (as check_image's)."""
+    (folder / "cut.png").write_bytes((folder / "gray.png").read_bytes()[:-30])  # header intact, data cut
+    (folder / "bomb.png").write_bytes(png_header_claiming(50_000, 50_000))
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: (opened.append(fp), real_open(fp, *a, **k))[1])
+    assert read_image_bytes(folder / "gray.png") == (folder / "gray.png").read_bytes()
+    assert not any(isinstance(fp, (str, os.PathLike)) for fp in opened)  # decoded from memory
+    assert reason(read_image_bytes, folder / "cut.png") == "image_unreadable"
+    assert reason(read_image_bytes, folder / "broken.jpg") == "image_unreadable"
+    assert reason(read_image_bytes, folder / "bomb.png") == "image_too_large"
+    assert reason(read_image_bytes, folder / "gone.png") == "image_unreadable"
+    assert reason(read_image_bytes, folder) == "image_unreadable"  # a folder, not a file
 
 
 def test_blank_image_made_once(tmp_path):
