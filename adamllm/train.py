@@ -305,6 +305,21 @@ def _group_lrs(trainer: SynthesizerTrainer) -> dict[str, float]:
     return {kind: group["lr"] for kind, group in zip(trainer.group_kinds, trainer.optimizer.param_groups)}
 
 
+def leave_process_group() -> None:
+    """Wait for every rank, then end the process group while the interpreter is still whole.
+
+    Rank 0 writes the processor and the vLLM layout after the others are done, so without the barrier
+    they exit first. A rank that exits with its gloo group alive can abort in interpreter teardown
+    ("terminate called without an active exception", exit -6) after a good run, and torchrun then
+    fails the job: seen in CI about once in ten runs of the two-process tests.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
@@ -317,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adamllm train: arguments, seed files and base model {model_args.model_name_or_path} checked")
         return 0
     summary = train(model_args, data_args, training_args)
+    leave_process_group()
     if training_args.process_index == 0:
         log.info("trained on %d records (%d truncated, %d blank) in %.0f s; saved to %s",
                  summary["records_used"], summary["truncated"], summary["blank_images"], summary["wall_s"], training_args.output_dir)

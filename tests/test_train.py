@@ -197,6 +197,32 @@ def test_tune_synthesizer_zero3_two_processes_resume_and_vllm_load(tiny_models, 
     assert all(isinstance(r["pred"], str) for r in read_jsonl(tmp_path / "out" / "syn_task_triplets.jsonl"))
 
 
+def test_ranks_leave_together_and_end_their_process_group(tmp_path):
+    """leave_process_group holds every rank until rank 0 (the one writing files) gets there, then ends
+    the gloo group: a rank left to exit with its group alive can abort in interpreter teardown."""
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "import torch.distributed as dist\n"
+        "from adamllm.train import leave_process_group\n"
+        "dist.init_process_group('gloo')\n"
+        "rank = dist.get_rank()\n"
+        "done = Path(sys.argv[1])\n"
+        "if rank == 0:\n"
+        "    time.sleep(2)\n"
+        "    done.write_text('saved')\n"
+        "leave_process_group()\n"
+        "assert done.exists(), f'rank {rank} left before rank 0 had saved'\n"
+        "assert not dist.is_initialized()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29615", str(script), str(tmp_path / "done")],
+        capture_output=True, text=True, cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_stage1_feeds_stage2_a_trained_synthesizer_writes_parsable_triplets(tiny_models, tmp_path):
     """Train the tiny synthesizer until it has learned its records by heart, then synthesize on their
     captions: stage 2 renders the prompt stage 1 trained on, so the synthesizer writes the trained pairs."""
