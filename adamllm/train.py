@@ -311,7 +311,7 @@ def leave_process_group() -> None:
     Rank 0 writes the processor and the vLLM layout after the others are done, so without the barrier
     they exit first. A rank that exits with its gloo group alive can abort in interpreter teardown
     ("terminate called without an active exception", exit -6) after a good run, and torchrun then
-    fails the job: seen in CI about once in ten runs of the two-process tests.
+    fails the job: seen in CI, never reproduced on a quiet machine.
     """
     import torch.distributed as dist
 
