@@ -170,6 +170,19 @@ def model_info(model, path: Path) -> ModelInfo:
                      text_layers=text.num_hidden_layers, hidden=text.hidden_size)
 
 
+def random_model(shapes: Shapes, layers: int, vision_layers: int, tokenizer, bf16: bool):
+    """A LLaVA-NeXT with these shapes and random weights (seed 0). Built on the GPU when there is one:
+    3B random parameters initialise in seconds there."""
+    import torch
+    from transformers import LlavaNextForConditionalGeneration
+
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        return LlavaNextForConditionalGeneration._from_config(
+            model_config(shapes, layers, vision_layers, tokenizer), dtype=torch.bfloat16 if bf16 else torch.float32
+        )
+
+
 def build_model(shapes: Shapes, layers: int, vision_layers: int, bf16: bool, folder: Path) -> ModelInfo:
     """A random LLaVA-NeXT with these shapes and its processor, saved (once) in `folder`."""
     info_path = folder / "bench_model.json"
@@ -177,19 +190,13 @@ def build_model(shapes: Shapes, layers: int, vision_layers: int, bf16: bool, fol
         return ModelInfo(**json.loads(info_path.read_text()))
     import torch
     import transformers
-    from transformers import LlavaNextForConditionalGeneration
 
     from adamllm import tiny
     from adamllm.model_io import save_synthesizer
 
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards": noise in the table's output
     tokenizer = tiny.build_tokenizer()
-    torch.manual_seed(0)
-    # Built on the GPU when there is one: 3B random parameters initialise in seconds there.
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlavaNextForConditionalGeneration._from_config(
-            model_config(shapes, layers, vision_layers, tokenizer), dtype=torch.bfloat16 if bf16 else torch.float32
-        )
+    model = random_model(shapes, layers, vision_layers, tokenizer, bf16)
     info = model_info(model, folder)
     save_synthesizer(model, make_processor(shapes, tokenizer), folder)
     del model

@@ -147,7 +147,6 @@ def build_random_synthesizer(out: Path, small: bool, layers: int) -> Path:
     import gc
 
     import torch
-    from transformers import LlavaNextForConditionalGeneration
 
     from adamllm import tiny
     from adamllm.model_io import to_vllm_layout
@@ -160,11 +159,8 @@ def build_random_synthesizer(out: Path, small: bool, layers: int) -> Path:
         return out
     shutil.rmtree(out, ignore_errors=True)
     tokenizer = tiny.build_tokenizer()  # Llama-3-style, ~3k tokens; the 8B's embedding rows are kept
-    config = b1.model_config(shapes, layers, shapes.vision_layers, tokenizer)
     cuda = torch.cuda.is_available()
-    torch.manual_seed(0)
-    with torch.device("cuda" if cuda else "cpu"):
-        model = LlavaNextForConditionalGeneration._from_config(config, dtype=torch.bfloat16 if cuda else torch.float32).eval()
+    model = b1.random_model(shapes, layers, shapes.vision_layers, tokenizer, bf16=cuda).eval()
     with torch.no_grad():
         # Logit 0 for <|end_of_text|> and for the rows no token uses: the max over ~3k random logits
         # is positive, so greedy decoding never stops early and never writes an unknown id.
