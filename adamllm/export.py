@@ -44,7 +44,7 @@ from typing import Any, Iterator
 from adamllm.curate import LOGPROBS, yes_prob
 from adamllm.dataset_card import CARD_FILE, dataset_card, stage_args
 from adamllm.formats import COLLECTED_QA, CONSISTENCY, SYN_ID, RecordError, Rejects, parse_caption_pair, read_json_file, read_run_records, write_json
-from adamllm.images import read_image_bytes, resolve_image_path
+from adamllm.images import read_image_bytes, resolve_image_path, trusted_image_folder
 from adamllm.posttrain import kept_triplet
 from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, curation_path, rejects_path
 
@@ -156,11 +156,7 @@ def image_folder(args: ExportArgs, stats: dict) -> str:
             folder, source = stage_args(stats, stage).get("image_folder"), f"the {stage} args in {STATS_FILE}"
     if not isinstance(folder, str) or not folder:
         raise ValueError(f"{Path(args.output_dir) / STATS_FILE} records no image folder; pass --image_folder")
-    if "\x00" in folder:
-        raise ValueError(f"image folder {folder!r} ({source}) holds a NUL byte")
-    resolved = Path(folder).resolve()
-    if resolved.parent == resolved:
-        raise ValueError(f"image folder {folder} ({source}) is a filesystem root; pass the run's own image folder with --image_folder")
+    resolved = trusted_image_folder(folder, source)
     if not resolved.is_dir():
         raise ValueError(f"image folder {folder} ({source}): no such folder; pass the run's image folder with --image_folder")
     return str(resolved)

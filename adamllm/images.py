@@ -19,6 +19,21 @@ MAX_IMAGE_PIXELS = 64_000_000
 BLANK_IMAGE_SIZE = (336, 336)
 
 
+def trusted_image_folder(folder: str, source: str) -> Path:
+    """`folder` resolved, for a tool that reads images a run folder names (report, export): a
+    filesystem root is refused, since any image on the disk would then pass `resolve_image_path`.
+    `source` says where the folder came from, for the error."""
+    if "\x00" in folder:
+        raise ValueError(f"image folder {folder!r} ({source}) holds a NUL byte")
+    resolved = Path(folder).resolve()
+    if resolved.parent == resolved:
+        raise ValueError(
+            f"image folder {folder} ({source}) is a filesystem root, which would let any image on the disk in; "
+            "pass the run's own image folder with --image_folder"
+        )
+    return resolved
+
+
 def resolve_image_path(image_folder: str | os.PathLike, relative: str) -> Path:
     """The file a record's image path names, proven to lie inside `image_folder`.
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from adamllm.curate import LOGPROBS, yes_prob
 from adamllm.formats import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, RecordError, read_json_file, read_run_records
-from adamllm.images import load_image
+from adamllm.images import load_image, trusted_image_folder
 from adamllm.parse import parse_pairs
 from adamllm.report_html import TRIPLET_KEYS, Card, render
 from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, REPORT_FILE, STATS_FILE, TRIPLETS_FILE, curation_path, fingerprint_files, rejects_path
@@ -194,14 +194,7 @@ def choose_image_folder(out_dir: Path, stats: dict[str, dict], given: str = "") 
         if not isinstance(folder, str) or not folder:
             return "", f"none ({STATS_FILE} records no image folder; pass --image_folder to show the images)"
         source = f"the synthesize args in {STATS_FILE}"
-    if "\x00" in folder:
-        raise ValueError(f"image folder {folder!r} ({source}) holds a NUL byte")
-    resolved = Path(folder).resolve()
-    if resolved.parent == resolved:
-        raise ValueError(
-            f"image folder {folder} ({source}) is a filesystem root, which would let the report embed any image "
-            "on the disk; pass the run's own image folder with --image_folder"
-        )
+    resolved = trusted_image_folder(folder, source)
     recorded = None if given else _recorded_image_folder(out_dir)
     if recorded and Path(recorded[1]).resolve() != resolved:
         relative = "" if Path(folder).is_absolute() else f" (here: {resolved}, a relative folder being read from the current directory)"

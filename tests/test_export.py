@@ -9,7 +9,7 @@ from PIL import Image
 
 from adamllm.cli import main
 from conftest import read_json, read_jsonl
-from test_curation import SAME, make_run
+from test_curation import SAME, make_run, write_rows
 
 datasets = pytest.importorskip("datasets", reason="the datasets package is part of the CPU environment (make setup)")
 
@@ -24,7 +24,7 @@ def formatted_run(tmp_path, *format_flags):
     rows = read_jsonl(run["data"])
     rows[9].update(pred="garbage", collected_QA=None, consistency=None, error={"reason": "no_triplet", "detail": "-"})
     rows[8]["consistency_logprobs"] = {"yes": -3.0, "no": -0.1}
-    run["data"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_rows(run["out"], rows)
     flags = ["--data_path", run["data"], "--image_folder", run["images"], "--output", run["final"], *format_flags]
     assert main(["format", *map(str, flags)]) == 0
     return run
@@ -118,7 +118,7 @@ def tree(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
-@pytest.mark.parametrize("case", ["non-empty folder", "a file", "not a run", "final file of another run", "no image folder", "bad repo id", "offline push"])
+@pytest.mark.parametrize("case", ["non-empty folder", "a file", "not a run", "final file of another run", "no image folder", "root image folder", "bad repo id", "offline push"])
 def test_export_refuses_bad_input_before_any_work(tmp_path, capsys, case):
     run = formatted_run(tmp_path)
     to = tmp_path / "hf"
@@ -141,6 +141,9 @@ def test_export_refuses_bad_input_before_any_work(tmp_path, capsys, case):
         stats["format"]["args"]["image_folder"] = str(tmp_path / "gone")
         (run["out"] / "stats.json").write_text(json.dumps(stats))
         message = f"image folder {tmp_path / 'gone'} (the format args in stats.json): no such folder"
+    elif case == "root image folder":
+        extra = ["--image_folder", "/"]
+        message = "image folder / (--image_folder) is a filesystem root"
     elif case == "bad repo id":
         extra = ["--push_to_hub", "not a/valid/repo"]
         message = "--push_to_hub not a/valid/repo: not a Hub repo id"
