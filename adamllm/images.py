@@ -8,6 +8,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from adamllm.formats import RecordError
@@ -53,6 +54,12 @@ def resolve_image_path(image_folder: str | os.PathLike, relative: str) -> Path:
             raise RecordError("unsafe_image_path", f"image path {relative!r} is a symlink that leads out of the image folder")
         if not target.is_file():
             raise RecordError("image_missing", f"no image file {relative!r} in {image_folder}")
+        # Path() drops a trailing "/" or "/.", the OS does not: later stages hand the path on as written
+        # (format's llava `image`, export's `image_path`), where open() would refuse it.
+        if not os.path.isfile(os.path.join(folder, relative)):
+            raise RecordError(
+                "unsafe_image_path", f"image path {relative!r} ends as a folder would ('/' or '/.'); write the file's path, e.g. {str(Path(relative))!r}"
+            )
     except (OSError, RuntimeError) as e:  # a name too long; a symlink loop (RuntimeError before Python 3.13)
         detail = getattr(e, "strerror", None) or "a symlink loop"
         raise RecordError("unsafe_image_path", f"image path {relative[:200]!r} cannot be resolved ({detail})") from None
@@ -65,7 +72,7 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
     The pixel count is checked from the header, before any pixel is decoded.
     """
     try:
-        image = _read(path, max_pixels, lambda im: (im.load(), im.convert("RGB"))[1])
+        image = _read(path, max_pixels, lambda im: (im.load(), _to_rgb(im, path))[1])
     except RecordError as e:
         _remember(path, max_pixels, e)
         raise
@@ -100,7 +107,7 @@ def _check(path, max_pixels: int, data: bytes | None) -> tuple[int, int]:
     known = _DECODED.get(key) if key else None
     if known is None:
         try:
-            known = _read(path, max_pixels, lambda im: (im.load(), im.size)[1], data)
+            known = _read(path, max_pixels, lambda im: (im.load(), _wide_values(im, path), im.size)[2], data)
         except RecordError as e:
             known = e
         _remember(path, max_pixels, known)
@@ -140,6 +147,42 @@ def _remember(path, max_pixels: int, verdict) -> None:
     if len(_DECODED) >= _DECODED_MAX:
         _DECODED.clear()
     _DECODED[key] = verdict
+
+
+def _to_rgb(image: Image.Image, path) -> Image.Image:
+    """The decoded image as 8-bit RGB. Pillow's own conversion clips values above 255, so a 16-bit
+    or 32-bit scan (mode I;16, I or F: biomedical and scientific images) would turn black and white;
+    such an image is scaled by its own range instead, min..max to 0..255 (a constant image is 0).
+    EXIF orientation is not applied, as in the public release (README, "Input checks")."""
+    values = _wide_values(image, path)
+    if values is None:
+        return image.convert("RGB")
+    low, high = values.min(), values.max()
+    if high == low:
+        scaled = np.zeros(values.shape, dtype=np.uint8)
+    else:
+        # In place, in float32 where it holds every value exactly (16-bit, and F itself): a 64 Mpx scan
+        # then costs 256 MB more, not a GB. A 32-bit integer image needs float64.
+        scaled = values.astype(np.float64 if values.dtype.kind in "iu" and values.itemsize > 2 else np.float32)
+        scaled -= low
+        scaled *= 255.0 / (float(high) - float(low))
+        scaled = np.clip(np.rint(scaled, out=scaled), 0, 255, out=scaled).astype(np.uint8)
+    return Image.fromarray(scaled).convert("RGB")
+
+
+def _wide_values(image: Image.Image, path) -> np.ndarray | None:
+    """The pixel values of an image wider than 8 bits per channel (None for any other mode); a float
+    image holding NaN or an infinity has no range to scale by: RecordError."""
+    if not (image.mode == "F" or image.mode.startswith("I")):
+        return None
+    values = np.asarray(image)
+    if image.mode == "F" and not np.isfinite(values).all():
+        raise RecordError(
+            "image_not_finite",
+            f"{path} is a float image holding NaN or infinite pixel values, which have no 8-bit value; "
+            "replace them (e.g. by 0) or save the image as 8-bit",
+        )
+    return values
 
 
 def _read(path, max_pixels: int, use, data: bytes | None = None):

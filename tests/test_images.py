@@ -90,3 +90,77 @@ def test_blank_image_made_once(tmp_path):
     stamp = path.stat().st_mtime_ns
     ensure_blank_image(path)
     assert path.stat().st_mtime_ns == stamp
+
+
+# --- images of more than 8 bits per channel ---------------------------------------------------------
+def gradient(dtype, low, high, shape=(12, 40)):
+    import numpy as np
+
+    return np.linspace(low, high, shape[0] * shape[1]).astype(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("name, dtype, low, high, mode", [
+    ("scan16.png", "uint16", 0, 57000, "I;16"),
+    ("scan32.tiff", "int32", -2_000_000_000, 2_100_000_000, "I"),
+    ("scanf.tiff", "float32", -3.5, 1e6, "F"),
+])
+def test_wide_images_are_scaled_by_their_range_not_clipped(folder, name, dtype, low, high, mode):
+    import numpy as np
+
+    Image.fromarray(gradient(dtype, low, high)).save(folder / name)
+    with Image.open(folder / name) as raw:
+        assert raw.mode == mode  # what Pillow reads back: the case the conversion must handle
+    values = np.asarray(load_image(folder, name))
+    assert values.shape == (12, 40, 3) and (values[..., 0] == values[..., 2]).all()
+    flat = values[..., 0].ravel().astype(int)
+    assert flat.min() == 0 and flat.max() == 255 and (np.diff(flat) >= 0).all()  # order kept, full span
+    assert len(set(flat)) > 200
+    assert check_image(folder / name) == (40, 12)
+
+
+def test_a_constant_wide_image_is_black(folder):
+    import numpy as np
+
+    Image.fromarray(np.full((4, 5), 40000, dtype=np.uint16)).save(folder / "flat16.png")
+    assert load_image(folder, "flat16.png").getextrema() == ((0, 0), (0, 0), (0, 0))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_float_image_holding_nan_or_infinity_is_rejected(folder, bad):
+    values = gradient("float32", 0, 1)
+    values[3, 7] = bad
+    Image.fromarray(values).save(folder / "bad.tiff")
+    assert reason(load_image, folder, "bad.tiff") == "image_not_finite"
+    assert reason(check_image, folder / "bad.tiff") == "image_not_finite"  # the stages that hand it on agree
+
+
+def test_8_bit_images_are_converted_as_before(folder):
+    """The scaling touches only wide modes: an 8-bit gray image keeps its values (no stretching)."""
+    assert load_image(folder, "gray.png").getextrema() == ((100, 100), (100, 100), (100, 100))
+
+
+def test_exif_orientation_is_not_applied(folder):
+    """The release's choice (README, "Input checks"): the pixels as stored, whatever the EXIF tag says."""
+    image = Image.new("RGB", (8, 4), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 2, 4))  # blue on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    image.save(folder / "rotated.jpg", exif=exif, quality=95)
+    loaded = load_image(folder, "rotated.jpg")
+    assert loaded.size == (8, 4)
+    assert loaded.getpixel((0, 2))[2] > 200 and loaded.getpixel((7, 2))[0] > 200
+
+
+@pytest.mark.parametrize("path", ["gray.png/", "gray.png/.", "gray.png//"])
+def test_a_file_path_ending_as_a_folder_is_rejected(folder, path):
+    """Path() would read 'gray.png/' as the file; open() refuses it, so it must not pass here."""
+    with pytest.raises(RecordError) as e:
+        resolve_image_path(folder, path)
+    assert e.value.reason == "unsafe_image_path" and "'gray.png'" in e.value.detail
+
+
+@pytest.mark.parametrize("path", ["./gray.png", "sub//x.png", "sub/./x.png"])
+def test_paths_the_os_opens_as_written_pass(folder, path):
+    (folder / "sub").mkdir()
+    Image.new("L", (2, 2)).save(folder / "sub" / "x.png")
+    assert resolve_image_path(folder, path).is_file()
