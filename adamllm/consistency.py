@@ -26,16 +26,18 @@ from adamllm.formats import (
     SYN_ID,
     RecordError,
     Rejects,
-    check_unicode,
+    check_json_values,
     error_reason,
     iter_input_records,
     read_jsonl,
+    syn_id_problem,
 )
 from adamllm.parse import collect_triplet, parse_pairs, parse_verdict
 from adamllm.prompts import check_filter_template, default_filter_template, filter_prompt
 from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
 from adamllm.shards import input_fingerprint
 from adamllm.stats import update_stats
+from adamllm.tokens import count_tokens
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def check_prompt_file(path: str) -> str:
 def collect(record: dict) -> dict:
     """The record with its triplet collected from `pred` (null when there is none)."""
     try:
-        check_unicode(record)
+        check_json_values(record)
     except RecordError as e:
         return {**record, COLLECTED_QA: None, CONSISTENCY: None, ERROR: {"reason": e.reason, "detail": e.detail}}
     pred = record.get(PRED)
@@ -121,10 +123,10 @@ class FilterStage:
         last = -1
         for index, record in enumerate(iter_input_records(self.args.data_path)):
             syn_id = record.get(SYN_ID) if isinstance(record, dict) else None
-            if not isinstance(syn_id, int) or syn_id <= last:
+            if syn_id_problem(syn_id) or syn_id <= last:
                 raise ValueError(
                     f"{self.args.data_path}: record {index} has syn_id {syn_id!r}; the filter's input needs an integer "
-                    "syn_id per record, each once, in increasing order (as `adamllm synthesize` writes them)"
+                    "syn_id (0 to 2**63 - 1) per record, each once, in increasing order (as `adamllm synthesize` writes them)"
                 )
             last = syn_id
             yield syn_id, record
@@ -159,11 +161,13 @@ class FilterStage:
         prompt = filter_prompt(qa["Q"], qa["informative_A"], qa["precise_A"], self.template)
         # The engine would refuse it and take its batch down; said here, it is this record's reason.
         # A token covers one UTF-8 byte at least, so only a prompt with more bytes than the room (+2:
-        # BOS, a SentencePiece word prefix) can be too long: the others are not tokenized twice.
-        if len(prompt.encode("utf-8", "surrogatepass")) + 2 > self.room and (n := len(self.tokenizer(prompt).input_ids)) > self.room:
+        # BOS, a SentencePiece word prefix) can be too long: the others are not tokenized twice. A huge
+        # one is refused from a bounded prefix.
+        if len(prompt.encode("utf-8", "surrogatepass")) + 2 > self.room and (count := count_tokens(self.tokenizer, prompt, self.room)).n > self.room:
+            over = "" if count.whole else f"a prompt of {len(prompt):,} characters: over "
             raise RecordError(
                 "prompt_too_long",
-                f"{n} prompt tokens leave no room to answer under --max_model_len {self.args.max_model_len}; "
+                f"{over}{count.n} prompt tokens leave no room to answer under --max_model_len {self.args.max_model_len}; "
                 "raise --max_model_len (the release's filter allows 8192) or shorten --prompt_file",
             )
         self.pending[syn_id] = out

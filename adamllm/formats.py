@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ PRED = "pred"
 COLLECTED_QA = "collected_QA"
 CONSISTENCY = "consistency"
 ERROR = "error"  # {"reason", "detail"} of a record a stage could not use
+# The largest syn_id: the export's int64 column (and most readers outside Python) hold no more.
+MAX_SYN_ID = 2**63 - 1
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,18 @@ class RecordError(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def syn_id_problem(value: Any) -> str:
+    """"" when `value` is a usable syn_id (an integer in 0..2**63 - 1), else what is wrong with it.
+    JSON gives bools, floats (`3.0`) and integers of any size; none of those may pass as a number."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"syn_id {value!r} is {'a ' + type(value).__name__ if value is not None else 'missing'}, not an integer record number"
+    if value < 0:
+        return f"syn_id {value} is negative; record numbers count from 0"
+    if value > MAX_SYN_ID:
+        return f"syn_id {value} is over 2**63 - 1, the largest record number an int64 column (the export's) holds"
+    return ""
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -171,11 +186,12 @@ class CaptionPair:
     instruction: str  # the user turn without its image tag
     caption: str
     stripped_special_tokens: int = 0  # pieces of special-token text removed from the caption
+    extra_turns: int = 0  # message turns after the caption, which no stage uses
 
 
 def parse_caption_pair(record: Any) -> CaptionPair:
     """Check a stage-2 input record's schema and read it; raise RecordError saying what is wrong."""
-    check_unicode(record)
+    check_json_values(record)
     if not isinstance(record, dict):
         raise RecordError("bad_schema", f"a record must be a JSON object, got {type(record).__name__}")
     images = record.get("images")
@@ -206,37 +222,55 @@ def parse_caption_pair(record: Any) -> CaptionPair:
         instruction=remove_image_tag(instruction),
         caption=caption,
         stripped_special_tokens=stripped + stripped_instruction,
+        extra_turns=len(messages) - 2,
     )
 
 
-def check_unicode(record: Any) -> None:
-    """Raise RecordError when a record holds text that is not valid Unicode.
+def check_json_values(record: Any) -> None:
+    """Raise RecordError when a record holds a value that strict JSON, a tokenizer or a UTF-8 file
+    cannot take, naming the field.
 
-    JSON lets an input spell a lone surrogate (`"\\ud800"`): Python reads it, but a tokenizer, a
-    file path or a UTF-8 file cannot take it, so such a record is rejected, naming the field.
+    JSON lets an input spell a lone surrogate (`"\\ud800"`), and Python's reader takes `NaN` and
+    `Infinity`, which no strict JSON parser reads back: copied into our outputs, either would break
+    the next reader, so such a record is rejected.
     """
     try:
-        json.dumps(record, ensure_ascii=False).encode("utf-8")
+        json.dumps(record, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise RecordError("invalid_unicode", f"{_bad_text_field(record, 'the record')} holds a lone surrogate (invalid Unicode); fix its escapes in the input file") from None
+        raise RecordError("invalid_unicode", f"{_bad_field(record, 'the record', _lone_surrogate)} holds a lone surrogate (invalid Unicode); fix its escapes in the input file") from None
+    except ValueError:
+        where = _bad_field(record, "the record", _not_finite)
+        raise RecordError("non_finite_number", f"{where} holds NaN or Infinity, which strict JSON cannot hold; write a number or null") from None
 
 
-def _bad_text_field(value: Any, where: str) -> str:
+def _lone_surrogate(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _bad_field(value: Any, where: str, bad) -> str:
+    """Where in `value` the first item that `bad` finds lies ("" when none)."""
     if isinstance(value, dict):
         for key, item in value.items():
-            found = _bad_text_field(key, f"{where}: a key") or _bad_text_field(item, f"{where}.{key}")
+            found = _bad_field(key, f"{where}: a key", bad) or _bad_field(item, f"{where}.{key}", bad)
             if found:
                 return found
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            found = _bad_text_field(item, f"{where}[{i}]")
+            found = _bad_field(item, f"{where}[{i}]", bad)
             if found:
                 return found
-    elif isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return where
+    elif bad(value):
+        return where
     return ""
 
 
@@ -250,14 +284,29 @@ def error_reason(record: Any) -> str:
 
 # --- writing ---------------------------------------------------------------------------------------
 def json_line(obj: Any, **kwargs: Any) -> str:
-    """JSON text that a UTF-8 file can hold: readable Unicode, or ASCII escapes when the object holds
-    a lone surrogate (a rejected record is still written whole, never lost to an encoding error)."""
-    text = json.dumps(obj, ensure_ascii=False, **kwargs)
+    """JSON text that a UTF-8 file can hold and any strict parser reads: readable Unicode, or ASCII
+    escapes when the object holds a lone surrogate; a NaN or Infinity becomes the text "NaN",
+    "Infinity", "-Infinity" (a rejected record is still written whole, never lost to either)."""
+    try:
+        text = json.dumps(obj, ensure_ascii=False, allow_nan=False, **kwargs)
+    except ValueError:
+        obj = _finite(obj)
+        text = json.dumps(obj, ensure_ascii=False, **kwargs)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         text = json.dumps(obj, ensure_ascii=True, **kwargs)
     return text
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if _not_finite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
 
 
 def write_json_list(path: str | os.PathLike, records: Iterable[Any]) -> int:

@@ -52,6 +52,7 @@ from adamllm.formats import (
     llava_record,
     parse_caption_pair,
     sharegpt_record,
+    syn_id_problem,
     update_dataset_info,
     user_message,
     write_json,
@@ -148,6 +149,7 @@ class FormatSummary:
     no_synthetic_task: dict = field(default_factory=dict)  # records without a kept task, by reason
     caption_task_first: int = 0
     special_tokens_stripped: int = 0
+    extra_turns_dropped: int = 0  # message turns after the caption: the output holds the caption task only
     output: str = ""
     rejects_file: str = ""
     curation: dict = field(default_factory=dict)  # --dedup / --min_yes_prob counts (empty without them)
@@ -156,8 +158,8 @@ class FormatSummary:
 def record_syn_id(record: dict, index: int, seen: set[int]) -> int:
     """The record's syn_id (its index in a file without them); RecordError when unusable or repeated."""
     syn_id = record.get(SYN_ID, index)
-    if not isinstance(syn_id, int) or isinstance(syn_id, bool) or syn_id < 0:
-        raise RecordError("bad_schema", f"syn_id {syn_id!r} is not a record number (an integer >= 0)")
+    if problem := syn_id_problem(syn_id):
+        raise RecordError("bad_schema", problem)
     if syn_id in seen:
         raise RecordError("duplicate_syn_id", f"syn_id {syn_id} was already formatted from an earlier record; this repeat is left out")
     seen.add(syn_id)
@@ -211,6 +213,7 @@ def build_record(record: dict, index: int, args: FormatArgs, out_dir: Path, summ
     found = examine(record, index, args, seen)
     pair, syn_id = found.pair, found.syn_id
     summary.special_tokens_stripped += pair.stripped_special_tokens
+    summary.extra_turns_dropped += pair.extra_turns
     rng = record_rng(args.seed, syn_id)
 
     triplet, missing = found.triplet, found.missing

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from adamllm import run_folder
-from adamllm.formats import RecordError, Rejects, check_unicode, iter_input_records, write_json, write_json_list
+from adamllm.formats import RecordError, Rejects, check_json_values, iter_input_records, write_json, write_json_list
 from adamllm.images import check_image, ensure_blank_image, resolve_image_path
 from adamllm.prompts import (
     CAPTION_HINT,
@@ -64,8 +64,25 @@ class MergeSeedArgs:
             errors.append(f"--split {self.split}: choose train or dev")
         if self.image_folder and not Path(self.image_folder).is_dir():
             errors.append(f"--image_folder {self.image_folder}: no such folder")
+        if problem := blank_image_problem(self.blank_image_path):
+            errors.append(problem)
         if errors:
             raise ValueError("; ".join(errors))
+
+
+def blank_image_problem(path: str) -> str:
+    """"" when `path` is a usable blank image (or nothing yet: one is made), else what is wrong: a
+    folder or a file that is no image would otherwise fail training, after the whole merge."""
+    blank = Path(path)
+    if not blank.exists():
+        return ""
+    if not blank.is_file():
+        return f"--blank_image_path {path}: is a folder, not an image; give an image file, or a path where none exists to have a blank one made"
+    try:
+        check_image(blank)
+    except RecordError as e:
+        return f"--blank_image_path {path}: {e.detail}; give an image file, or a path where none exists to have a blank one made"
+    return ""
 
 
 @dataclass
@@ -84,9 +101,12 @@ class SeedImage:
 
 def _turns(record: object) -> tuple[str, str, str]:
     """(base name, human text, gpt text) of a seed record; RecordError when malformed."""
-    check_unicode(record)
+    check_json_values(record)
     if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not record["image"]:
         raise RecordError("bad_schema", 'a seed record must be an object with an "image" path')
+    if os.path.basename(record["image"]) in ("", ".", ".."):
+        # The join and the output go by base name: "x/1.png/" has none (and no file opens as written).
+        raise RecordError("unsafe_image_path", f"image path {record['image']!r} names no file (it ends in '/', '.' or '..')")
     conv = record.get("conversations")
     if not isinstance(conv, list) or len(conv) < 2 or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in conv[:2]):
         raise RecordError("bad_schema", '"conversations" must hold a human turn and a gpt turn, each {"from", "value"}')

@@ -22,6 +22,7 @@ from adamllm.formats import (
     ERROR,
     PRED,
     SYN_ID,
+    CaptionPair,
     RecordError,
     Rejects,
     error_reason,
@@ -37,6 +38,7 @@ from adamllm.prompts import EOS, synthesizer_prompt
 from adamllm.shards import input_fingerprint
 from adamllm.stage import add
 from adamllm.stats import update_stats
+from adamllm.tokens import count_tokens
 
 log = logging.getLogger(__name__)
 
@@ -94,25 +96,28 @@ class Prompter:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.args = args
 
-    def request(self, record) -> tuple[Request, int]:
-        """The request (its image still on disk: decoded just before the engine call) and the number of
-        special-token pieces stripped from the record's text."""
+    def request(self, record) -> tuple[Request, CaptionPair]:
+        """The request (its image still on disk: decoded just before the engine call) and the record as
+        read (what was stripped from its text, the turns it holds beyond the caption)."""
         pair = parse_caption_pair(record)
         path = resolve_image_path(self.args.image_folder, pair.image)
         width, height = image_size(path)
         prompt = synthesizer_prompt(pair.caption, self.processor.image_token)
-        # The prompt's length once the image token expands into the image's patches.
-        text_tokens = len(self.tokenizer(prompt).input_ids) - 1
+        # The prompt's length once the image token expands into the image's patches; a caption far too
+        # long for --max_model_len is refused from a bounded prefix, never tokenized whole.
+        count = count_tokens(self.tokenizer, prompt, self.args.max_model_len)
+        text_tokens = count.n - 1
         image_tokens = image_token_count(self.processor, width, height)
         room = self.args.max_model_len - text_tokens - image_tokens
         if room < 1:
+            over, caption = ("", "") if count.whole else ("over ", f", and a caption of {len(pair.caption):,} characters")
             raise RecordError(
                 "prompt_too_long",
-                f"{text_tokens + image_tokens} prompt tokens ({image_tokens} for the image) leave no room under "
+                f"{over}{text_tokens + image_tokens} prompt tokens ({image_tokens} for the image{caption}) leave no room under "
                 f"--max_model_len {self.args.max_model_len}; shorten the caption or raise --max_model_len",
             )
         request = Request(prompt=prompt, max_tokens=min(room, self.args.max_new_tokens), image_path=path, pixels=width * height)
-        return request, pair.stripped_special_tokens
+        return request, pair
 
 
 class SynthesizeStage:
@@ -125,6 +130,7 @@ class SynthesizeStage:
         self.args = args
         self.prompter: Prompter | None = None
         self.stripped = 0  # special-token pieces stripped from the records prepared in this worker
+        self.extra_turns = 0  # message turns after the caption, which the synthesizer does not see
 
     def records(self):
         return input_records(self.args)
@@ -150,8 +156,9 @@ class SynthesizeStage:
         return engine, GenParams(max_tokens=self.args.max_new_tokens, stop_token_ids=eos)
 
     def prepare(self, syn_id: int, record) -> Request:
-        request, stripped = self.prompter.request(record)
-        self.stripped += stripped
+        request, pair = self.prompter.request(record)
+        self.stripped += pair.stripped_special_tokens
+        self.extra_turns += pair.extra_turns
         return request
 
     def image_path(self, record) -> Path | None:
@@ -170,8 +177,8 @@ class SynthesizeStage:
         return output.get(PRED) is not None
 
     def add_costs(self, stats: dict) -> None:
-        add(stats, special_tokens_stripped=self.stripped)
-        self.stripped = 0
+        add(stats, special_tokens_stripped=self.stripped, extra_turns_dropped=self.extra_turns)
+        self.stripped = self.extra_turns = 0
 
 
 def dry_run(args: SynthesizeArgs) -> dict:
@@ -182,22 +189,23 @@ def dry_run(args: SynthesizeArgs) -> dict:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rejects = Rejects(run_folder.rejects_path(out_dir / run_folder.PROMPTS_FILE))
-    written = stripped = 0
+    written = stripped = extra_turns = 0
     with atomic_write(out_dir / run_folder.PROMPTS_FILE) as fh:
         for syn_id, record in input_records(args):
             try:
-                request, n = prompter.request(record)
+                request, pair = prompter.request(record)
                 open_image(request.image_path)  # decoded whole, as a real run would
             except RecordError as e:
                 rejects.add(e.reason, e.detail, record, syn_id=syn_id)
                 continue
             fh.write(json_line({SYN_ID: syn_id, "prompt": request.prompt, "images": record["images"]}) + "\n")
             written += 1
-            stripped += n
+            stripped += pair.stripped_special_tokens
+            extra_turns += pair.extra_turns
     rejects.close()
     return {
         "records_in": written + rejects.total, "records_out": written, "rejected": dict(rejects.counts),
-        "special_tokens_stripped": stripped,
+        "special_tokens_stripped": stripped, "extra_turns_dropped": extra_turns,
     }
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from adamllm.formats import RecordError, Rejects, check_unicode, iter_json_records
+from adamllm.formats import RecordError, Rejects, check_json_values, iter_json_records
 from adamllm.images import check_image, image_size, open_image, resolve_image_path
 from adamllm.model_io import image_token_count
 from adamllm.prompts import ASSISTANT, CAPTION_HINT, IMAGE_TAG, USER, Turn, synthesizer_prompt, training_text
+from adamllm.tokens import count_tokens, text_char_cap
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class SeedDataset(torch.utils.data.Dataset):
         for index, record in enumerate(iter_json_records(data_path)):
             self.counts["records_in"] += 1
             try:
-                check_unicode(record)
+                check_json_values(record)
                 if not isinstance(record, dict) or not isinstance(record.get("image"), str):
                     raise RecordError("bad_schema", 'a training record needs an "image" path')
                 turns = _turns(record)
@@ -88,13 +89,22 @@ class SeedDataset(torch.utils.data.Dataset):
                     raise RecordError("unsafe_image_path", f"{record['image']} is neither a base name in the image folder nor --blank_image_path")
                 path = Path(blank) if is_blank else resolve_image_path(image_folder, record["image"])
                 width, height = image_size(path) if images_checked else check_image(path)
-                text = training_text(turns, image_token)
                 image_tokens = image_token_count(processor, width, height)
-                length = len(self.tokenizer(text).input_ids) - 1 + image_tokens
                 prompt = synthesizer_prompt(turns[1].text, image_token)
-                head = len(self.tokenizer(prompt).input_ids) - 1 + image_tokens
+                # Counted with bounded work (adamllm.tokens): a huge caption is refused from a prefix.
+                head = count_tokens(self.tokenizer, prompt, model_max_length).n - 1 + image_tokens
                 if head >= model_max_length:
-                    raise RecordError("prompt_too_long", f"the image and caption alone exceed --model_max_length {model_max_length}")
+                    raise RecordError(
+                        "prompt_too_long",
+                        f"the image and caption ({len(turns[1].text):,} characters) alone exceed --model_max_length {model_max_length}",
+                    )
+                text = training_text(turns, image_token)
+                count = count_tokens(self.tokenizer, text, model_max_length)
+                length = count.n - 1 + image_tokens
+                if not count.whole:
+                    # Trained on its first model_max_length tokens only, which lie in this prefix: each draw
+                    # then tokenizes the prefix, not megabytes.
+                    text = text[: text_char_cap(self.tokenizer, model_max_length)]
             except RecordError as e:
                 rejects.add(e.reason, e.detail, record, index=index)
                 continue
