@@ -1,4 +1,4 @@
-"""The HTML of `adamllm report`: the summary and one card per record, as one self-contained page.
+"""The HTML of `adamllm report`: the summary and the sampled record cards, as one self-contained page.
 
 Everything here reaches a browser, and every value comes from files a person may have edited: each
 one goes through `_h` (HTML-escaped, quotes included) before it is placed in text or an attribute,
