@@ -10,6 +10,10 @@ synthesizer wrote, the collected triplet, the verdict and the final training con
 filter by verdict or reason (also from the URL: `report.html#verdict=yes`, `#reason=no_triplet`,
 `#reason=duplicate_question`).
 
+A run may hold 500,000 records: the summary streams over all of them (`adamllm.report_summary`), and
+the cards are a seeded sample of at most `--cards_per_group` records per verdict and reason, so the
+page stays a few MB and opens in seconds; it says how many records each group holds.
+
 A run folder may have been edited by hand or damaged: a record of the wrong shape still gets its card
 (with what could be read), a stats field of the wrong type is left blank, and a file that is not JSON
 at all is a ValueError naming it. Thumbnails come only from inside the run's image folder, with the
@@ -28,7 +32,8 @@ from adamllm.curate import LOGPROBS, yes_prob
 from adamllm.formats import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, RecordError, read_json_file, read_run_records
 from adamllm.images import load_image, trusted_image_folder
 from adamllm.parse import parse_pairs
-from adamllm.report_html import TRIPLET_KEYS, Card, render
+from adamllm.report_html import render
+from adamllm.report_summary import CARDS_PER_GROUP, TRIPLET_KEYS, Card, Sample, Summary
 from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, REPORT_FILE, STATS_FILE, TRIPLETS_FILE, curation_path, fingerprint_files, rejects_path
 
 THUMBNAIL = 160
@@ -92,7 +97,7 @@ class Thumbnails:
 
     def __init__(self, folder: str):
         self.folder = folder
-        # Unbounded on purpose: the cards keep every thumbnail anyway, so the cache adds only its keys.
+        # Unbounded on purpose: only sampled cards ask, and they keep every thumbnail anyway.
         self._cache: dict[str, str] = {}
 
     def __call__(self, relative: str) -> str:
@@ -113,7 +118,8 @@ class Thumbnails:
         return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _card(index: int, record: Any, final: Any, thumbnail: Thumbnails, curated: Any = None) -> Card:
+def _card(index: int, record: Any, final: Any, curation: Any = None) -> Card:
+    """The card without what only a shown card needs (its thumbnail, its parsed pairs)."""
     if not isinstance(record, dict):
         return Card(syn_id=f"{index} (not a JSON object)", image="", caption="", pred=_text(record), triplet=None,
                     verdict="none", reason="bad_record", conversation=_conversation(final))
@@ -122,7 +128,6 @@ def _card(index: int, record: Any, final: Any, thumbnail: Thumbnails, curated: A
     pred = record.get(PRED)
     image = _first_image(record)
     reason = _reason(record, verdict)
-    curation = curated.get("reason") if isinstance(curated, dict) else None
     if not reason and isinstance(curation, str) and curation:
         reason = curation  # format's curation removed the task the checker kept
     return Card(
@@ -134,14 +139,13 @@ def _card(index: int, record: Any, final: Any, thumbnail: Thumbnails, curated: A
         verdict=verdict,
         reason=reason,
         conversation=_conversation(final),
-        thumbnail=thumbnail(image),
-        pairs=parse_pairs(pred) if isinstance(pred, str) else [],
         yes_prob=yes_prob(record.get(LOGPROBS)),
     )
 
 
-def load_cards(out_dir: Path, thumbnail: Thumbnails) -> list[Card]:
-    """One card per record of the filtered file, joined with the final post-training record.
+def load_cards(out_dir: Path, sample: Sample) -> Summary:
+    """Stream every record of the filtered file, joined with the final post-training record, into
+    the summary and offer its card to the sample.
 
     The final file holds the filtered records in order, less those format rejected (by index); its
     curation file names, by index, the records whose task curation removed.
@@ -153,15 +157,19 @@ def load_cards(out_dir: Path, thumbnail: Thumbnails) -> list[Card]:
         if isinstance(row, dict) and type(row.get("index")) is int
     }
     curation = curation_path(final_path)
-    curated = {
-        row["index"]: row for row in (read_run_records(curation) if curation.exists() else ())
+    curated = {  # index -> reason only: a run's curation file may name most of its records
+        row["index"]: row.get("reason") for row in (read_run_records(curation) if curation.exists() else ())
         if isinstance(row, dict) and type(row.get("index")) is int
     }
     finals = read_run_records(final_path) if final_path.exists() else iter(())
-    return [
-        _card(index, record, None if index in rejected else next(finals, None), thumbnail, curated.get(index))
-        for index, record in enumerate(read_run_records(out_dir / FILTERED_FILE))
-    ]
+    summary = Summary()
+    for index, record in enumerate(read_run_records(out_dir / FILTERED_FILE)):
+        card = _card(index, record, None if index in rejected else next(finals, None), curated.get(index))
+        summary.add(card)
+        pred = record.get(PRED) if isinstance(record, dict) else None
+        if sample.offer(index, card) and isinstance(pred, str):
+            card.pairs = parse_pairs(pred)
+    return summary
 
 
 # --- the image folder ------------------------------------------------------------------------------
@@ -205,19 +213,25 @@ def choose_image_folder(out_dir: Path, stats: dict[str, dict], given: str = "") 
     return str(resolved), f"{resolved} ({source})"
 
 
-def write_report(out_dir: str | Path, image_folder: str = "") -> Path:
+def write_report(out_dir: str | Path, image_folder: str = "", cards_per_group: int = CARDS_PER_GROUP, seed: int = 0) -> Path:
     """Write OUTPUT_DIR/report.html; the image folder defaults to the one synthesis ran with."""
+    if type(cards_per_group) is not int or cards_per_group < 0:
+        raise ValueError(f"--cards_per_group must be a whole number >= 0 (got {cards_per_group!r}); 0 shows no card")
     out = Path(out_dir)
     stats_path = out / STATS_FILE
     if not (out / FILTERED_FILE).exists() or not stats_path.exists():
         raise ValueError(f"{out} holds no finished stage-2 run (no {FILTERED_FILE} or {STATS_FILE}); run `adamllm run` first")
     stats = load_stats(stats_path)
     folder, note = choose_image_folder(out, stats, image_folder)
-    cards = load_cards(out, Thumbnails(folder))
+    sample = Sample(cards_per_group, seed)
+    summary = load_cards(out, sample)
+    cards, thumbnail = sample.cards(), Thumbnails(folder)
+    for card in cards:
+        card.thumbnail = thumbnail(card.image)
     path = out / REPORT_FILE
     try:
         # errors="replace": a JSON "\udc80" escape decodes to a lone surrogate, which UTF-8 cannot hold
-        path.write_text(render(stats, cards, f"adamllm stage-2 report: {out.name}", note), encoding="utf-8", errors="replace")
+        path.write_text(render(stats, summary, cards, f"adamllm stage-2 report: {out.name}", note, cards_per_group, sample.shown()), encoding="utf-8", errors="replace")
     except OSError as e:
         raise ValueError(f"cannot write {path}: {e}") from None
     return path

@@ -1,4 +1,4 @@
-"""The HTML of `adamllm report`: the summary and one card per record, as one self-contained page.
+"""The HTML of `adamllm report`: the summary and the sampled record cards, as one self-contained page.
 
 Everything here reaches a browser, and every value comes from files a person may have edited: each
 one goes through `_h` (HTML-escaped, quotes included) before it is placed in text or an attribute,
@@ -10,31 +10,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import Counter
 from html import escape
 
-from adamllm.curate import DUPLICATE_QUESTION, LOW_YES_PROB, NO_YES_PROB, normalise_question
+from adamllm.curate import DUPLICATE_QUESTION, LOW_YES_PROB, NO_YES_PROB
+from adamllm.report_summary import MAX_GROUPS, OTHER_GROUPS, TRIPLET_KEYS, YES_PROB_BINS, Card, Summary
 
 STAGES = ("synthesize", "filter", "format")
-TRIPLET_KEYS = ("Q", "precise_A", "informative_A")
-
-
-@dataclass
-class Card:
-    """One record's whole path, every field already reduced to text (or None where absent)."""
-
-    syn_id: str
-    image: str
-    caption: str
-    pred: str | None
-    triplet: dict[str, str | None] | None  # TRIPLET_KEYS -> text, None for a missing or non-text field
-    verdict: str  # yes / no / open / invalid, or "none" without a triplet
-    reason: str  # why the record has no kept task ("" when it has one)
-    conversation: list[tuple[str, str]] | None  # (role, content) of the final training record
-    thumbnail: str = ""  # data: URL
-    pairs: list[tuple[str, str]] = field(default_factory=list)
-    yes_prob: float | None = None  # the checker's P(Yes), with --mode logprob
 
 
 STYLE = """
@@ -60,6 +42,12 @@ function applyFilter(){
     c.classList.toggle('hidden',!ok); if(ok){shown++;}
   });
   document.getElementById('shown').textContent=shown;
+  var matching=0;
+  document.querySelectorAll('#groups tr[data-records]').forEach(function(g){
+    if((!v||g.dataset.groupVerdict===v)&&(!r||g.dataset.groupReason===r)){matching+=Number(g.dataset.records);}
+  });
+  if(!v&&!r){matching=Number(document.body.dataset.records);}
+  document.getElementById('matching').textContent=matching;
 }
 function fromHash(){
   new URLSearchParams(location.hash.slice(1)).forEach(function(value,key){
@@ -72,6 +60,12 @@ document.getElementById('reason').addEventListener('change',applyFilter);
 window.addEventListener('hashchange',fromHash);
 fromHash();
 """
+
+
+# The most of one record a card shows (characters of a field, pairs, turns).
+MAX_FIELD = 5000
+MAX_PAIRS = 20
+MAX_TURNS = 20
 
 
 def _h(value: object) -> str:
@@ -92,12 +86,15 @@ def number(value: object, spec: str = "", missing: str = "") -> str:
         return str(value)
 
 
-def _svg_histogram(values: list[int], title: str, width: int = 300, height: int = 120, bins: int = 12) -> str:
+def _svg_histogram(values: Counter, title: str, width: int = 300, height: int = 120, bins: int = 12) -> str:
+    """`values` maps a value to how often it occurs."""
     if not values:
         return f'<div class="plot"><b>{_h(title)}</b><br>no data</div>'
     lo, hi = min(values), max(values)
     step = max(1, -(-(hi - lo + 1) // bins))
-    counts = Counter((v - lo) // step for v in values)
+    counts = Counter()
+    for v, times in values.items():
+        counts[(v - lo) // step] += times
     n = max(counts) + 1
     peak = max(counts.values())
     bar = width / n
@@ -108,7 +105,7 @@ def _svg_histogram(values: list[int], title: str, width: int = 300, height: int 
     )
     axis = f'<text x="0" y="{height - 4}" font-size="10">{lo}</text><text x="{width - 30}" y="{height - 4}" font-size="10">{hi}</text>'
     return (
-        f'<div class="plot"><b>{_h(title)}</b> (n={len(values)}, words)<br>'
+        f'<div class="plot"><b>{_h(title)}</b> (n={sum(values.values())}, words)<br>'
         f'<svg width="{width}" height="{height}" role="img" aria-label="{_h(title)}">{rects}{axis}</svg></div>'
     )
 
@@ -149,38 +146,49 @@ def _triplet(triplet: dict[str, str | None] | None) -> str:
         return "<i>none</i>"
     text = "\n".join(f"{label}: {triplet[key] if triplet[key] is not None else '(missing)'}"
                      for key, label in zip(TRIPLET_KEYS, ("Q", "precise", "informative")))
-    return f"<pre>{_h(text)}</pre>"
+    return f"<pre>{_h(_clip(text))}</pre>"
+
+
+def _clip(text: str) -> str:
+    """A field as the page shows it: one record's huge field must not make the page huge."""
+    return text if len(text) <= MAX_FIELD else f"{text[:MAX_FIELD]}… ({len(text) - MAX_FIELD} more characters)"
 
 
 def _card(card: Card) -> str:
-    img = f'<img src="{_h(card.thumbnail)}" alt="{_h(card.image)}">' if card.thumbnail else f"<div>(no image: {_h(card.image)})</div>"
-    pairs = "".join(f"<pre>Q: {_h(q)}\nA: {_h(a)}</pre>" for q, a in card.pairs) or "<i>no pair parsed</i>"
+    def h(text: str) -> str:
+        return _h(_clip(text))
+
+    image = h(card.image)
+    img = f'<img src="{_h(card.thumbnail)}" alt="{image}">' if card.thumbnail else f"<div>(no image: {image})</div>"
+    pairs = "".join(f"<pre>{h(f'Q: {q}')}\n{h(f'A: {a}')}</pre>" for q, a in card.pairs[:MAX_PAIRS]) or "<i>no pair parsed</i>"
+    if len(card.pairs) > MAX_PAIRS:
+        pairs += f"<i>({len(card.pairs) - MAX_PAIRS} more pairs)</i>"
     conversation = (
-        "".join(f'<div class="turn"><span class="role">{_h(role)}:</span><pre>{_h(content)}</pre></div>' for role, content in card.conversation)
+        "".join(f'<div class="turn"><span class="role">{h(role)}:</span><pre>{h(content)}</pre></div>' for role, content in card.conversation[:MAX_TURNS])
+        + (f"<i>({len(card.conversation) - MAX_TURNS} more turns)</i>" if len(card.conversation) > MAX_TURNS else "")
         if card.conversation else "<i>not in the post-training file</i>"
     )
-    reason = f'<span class="tag">{_h(card.reason)}</span>' if card.reason else ""
+    reason = f'<span class="tag">{h(card.reason)}</span>' if card.reason else ""
     if card.yes_prob is not None:
         reason += f'<span class="tag">P(yes) {card.yes_prob:.3f}</span>'
     return (
-        f'<section class="card" data-verdict="{_h(card.verdict)}" data-reason="{_h(card.reason)}">{img}<div class="body">'
-        f'<div><span class="tag">#{_h(card.syn_id)}</span><span class="tag">verdict: {_h(card.verdict)}</span>{reason}'
-        f"<b>{_h(card.image)}</b></div>"
-        f"<h3>Caption</h3><pre>{_h(card.caption)}</pre>"
+        f'<section class="card" data-verdict="{h(card.verdict)}" data-reason="{h(card.reason)}">{img}<div class="body">'
+        f'<div><span class="tag">#{h(card.syn_id)}</span><span class="tag">verdict: {h(card.verdict)}</span>{reason}'
+        f"<b>{image}</b></div>"
+        f"<h3>Caption</h3><pre>{h(card.caption)}</pre>"
         f"<details><summary>Synthesizer output: {len(card.pairs)} pair(s)</summary>{pairs}"
-        f"<h4>Raw output</h4><pre>{_h(card.pred if card.pred is not None else '(none)')}</pre></details>"
+        f"<h4>Raw output</h4><pre>{h(card.pred if card.pred is not None else '(none)')}</pre></details>"
         f"<h3>Collected triplet</h3>{_triplet(card.triplet)}<h3>Training conversation</h3>{conversation}</div></section>"
     )
 
 
 def _options(counts: Counter) -> str:
-    return "".join(f'<option value="{_h(v)}">{_h(v)} ({_h(n)})</option>' for v, n in counts.most_common())
+    return "".join(f'<option value="{_h(_clip(v))}">{_h(_clip(v))} ({_h(n)})</option>' for v, n in counts.most_common(MAX_GROUPS))
 
 
-def _plots(cards: list[Card]) -> str:
-    triplets = [c.triplet for c in cards if c.triplet is not None]
+def _plots(summary: Summary) -> str:
     return "".join(
-        _svg_histogram([len(t[key].split()) for t in triplets if t[key] is not None], label)
+        _svg_histogram(summary.lengths[key], label)
         for key, label in zip(TRIPLET_KEYS, ("question length", "precise answer length", "informative answer length"))
     )
 
@@ -188,7 +196,6 @@ def _plots(cards: list[Card]) -> str:
 # --- questions and curation (beyond the paper) --------------------------------------------------------
 TOP_QUESTIONS = 10
 TOP_VERDICTS = 8
-YES_PROB_BINS = 20
 # The series of the P(Yes) plot: which records, and their colour.
 PROB_SERIES = (
     ("kept", "yes, kept by the confidence filter", "#2e9d4f"),
@@ -197,24 +204,9 @@ PROB_SERIES = (
 )
 
 
-def _kept(card: Card) -> bool:
-    """Whether the card's synthetic task is in the training data."""
-    return card.verdict == "yes" and not card.reason and card.conversation is not None
-
-
-def _top_questions(cards: list[Card]) -> str:
+def _top_questions(summary: Summary) -> str:
     """Per verdict, the questions most often asked (normalised as --dedup exact compares them)."""
-    asked: dict[str, Counter] = defaultdict(Counter)
-    kept: dict[str, Counter] = defaultdict(Counter)
-    shown: dict[str, str] = {}  # normalised -> the first wording seen
-    for c in cards:
-        q = c.triplet.get("Q") if c.triplet else None
-        if not isinstance(q, str) or not q.strip():
-            continue
-        key = normalise_question(q)
-        shown.setdefault(key, q)
-        asked[c.verdict][key] += 1
-        kept[c.verdict][key] += _kept(c)
+    asked, kept, shown = summary.asked, summary.kept, summary.wording
     if not asked:
         return "<p>No triplet was collected, so no question was asked.</p>"
     verdicts = sorted(asked, key=lambda v: (-sum(asked[v].values()), v))
@@ -232,20 +224,12 @@ def _top_questions(cards: list[Card]) -> str:
     return f'<div class="questions">{"".join(tables)}</div>{more}'
 
 
-def _prob_series(card: Card) -> str:
-    if card.reason == LOW_YES_PROB:
-        return "dropped"
-    return "kept" if card.verdict == "yes" else "other"
-
-
-def _svg_yes_prob(cards: list[Card], threshold: object, width: int = 440, height: int = 150) -> str:
+def _svg_yes_prob(summary: Summary, threshold: object, width: int = 440, height: int = 150) -> str:
     """The distribution of P(Yes), stacked by what the confidence filter did, with its threshold."""
-    probs = [(min(max(c.yes_prob, 0.0), 1.0), _prob_series(c)) for c in cards if c.yes_prob is not None]
-    if not probs:
+    bins = summary.yes_prob
+    counts = sum(bins, Counter())
+    if not counts:
         return ""
-    bins = [Counter() for _ in range(YES_PROB_BINS)]
-    for p, series in probs:
-        bins[min(int(p * YES_PROB_BINS), YES_PROB_BINS - 1)][series] += 1
     peak = max(sum(b.values()) for b in bins)
     plot_h, bar = height - 30, width / YES_PROB_BINS
     rects = []
@@ -267,17 +251,16 @@ def _svg_yes_prob(cards: list[Card], threshold: object, width: int = 440, height
                 f"<title>--min_yes_prob {threshold:g}</title></line>")
     axis = (f'<text x="0" y="{height - 4}" font-size="10">0</text><text x="{width / 2 - 8:.0f}" y="{height - 4}" font-size="10">0.5</text>'
             f'<text x="{width - 8}" y="{height - 4}" font-size="10">1</text>')
-    counts = Counter(series for _, series in probs)
     legend = " ".join(
         f'<span class="tag" style="background:{colour};color:#fff">{_h(label)}: {counts[series]}</span>' for series, label, colour in PROB_SERIES
     )
     return (
-        f'<div class="plot" id="yes-prob"><b>P(yes) of the checker</b> (n={len(probs)}; softmax over the Yes / No / Open log-probabilities)<br>'
+        f'<div class="plot" id="yes-prob"><b>P(yes) of the checker</b> (n={sum(counts.values())}; softmax over the Yes / No / Open log-probabilities)<br>'
         f'<svg width="{width}" height="{height}" role="img" aria-label="P(yes) distribution">{"".join(rects)}{line}{axis}</svg><br>{legend}</div>'
     )
 
 
-def _curation(fmt: dict, cards: list[Card]) -> str:
+def _curation(fmt: dict, summary: Summary) -> str:
     c = fmt.get("curation")
     c = c if isinstance(c, dict) else {}
     parts = []
@@ -301,23 +284,47 @@ def _curation(fmt: dict, cards: list[Card]) -> str:
     if not parts:
         parts.append('<p id="no-curation">No curation filter ran: every task the checker said Yes to is kept, as in the paper '
                      "(<code>adamllm format --dedup exact|near</code>, <code>--min_yes_prob P</code>).</p>")
-    plot = _svg_yes_prob(cards, c.get("min_yes_prob"))
-    return "".join(parts) + (f'<div class="plots">{plot}</div>' if plot else "") + "<h3>Questions most often asked, per verdict</h3>" + _top_questions(cards)
+    plot = _svg_yes_prob(summary, c.get("min_yes_prob"))
+    return "".join(parts) + (f'<div class="plots">{plot}</div>' if plot else "") + "<h3>Questions most often asked, per verdict</h3>" + _top_questions(summary)
 
 
-def render(stats: dict[str, dict], cards: list[Card], title: str, image_note: str) -> str:
-    """The page; `stats` maps each stage to its (dict) entry of stats.json."""
-    verdicts = Counter(c.verdict for c in cards)
-    reasons = Counter(c.reason for c in cards if c.reason)
+def _groups(summary: Summary, shown: Counter) -> str:
+    """Records and cards per (verdict, reason) group; the page's script sums the rows a filter matches."""
+    rows = []
+    for (verdict, reason), n in summary.groups.most_common(MAX_GROUPS):
+        rows.append(f'<tr data-group-verdict="{_h(_clip(verdict))}" data-group-reason="{_h(_clip(reason))}" data-records="{n}">'
+                    f"<td>{_h(_clip(verdict))}</td><td>{_h(_clip(reason)) or '(none)'}</td><td>{n}</td><td>{shown[verdict, reason]}</td></tr>")
+    more = summary.groups.most_common()[MAX_GROUPS:]
+    if more:  # data-* absent: only the unfiltered view counts them
+        rows.append(f"<tr><td>{len(more)} more groups</td><td>(they share one sample)</td><td>{sum(n for _, n in more)}</td>"
+                    f"<td>{shown[OTHER_GROUPS]}</td></tr>")
+    return f'<table id="groups"><tr><th>verdict</th><th>reason</th><th>records</th><th>cards</th></tr>{"".join(rows)}</table>'
+
+
+def _sample_note(summary: Summary, cards: int, per_group: int) -> str:
+    if cards == summary.records:
+        return f'<p id="sample">A card for each of the <b>{summary.records}</b> records.</p>'
+    return (
+        f'<p id="sample">The cards are a sample: <b>{cards}</b> of the <b>{summary.records}</b> records, at most {per_group} '
+        f"per verdict and reason, the same on every run (<code>adamllm report --cards_per_group N --seed S</code> "
+        "chooses how many and which); every count and plot above is over all records.</p>"
+    )
+
+
+def render(stats: dict[str, dict], summary: Summary, cards: list[Card], title: str, image_note: str, per_group: int, shown: Counter) -> str:
+    """The page; `stats` maps each stage to its (dict) entry of stats.json, `summary` counts every
+    record, `cards` are the sampled ones (`shown`: cards per group)."""
+    verdicts = summary.verdicts
+    reasons = summary.reasons
     filt = stats.get("filter", {})
-    verdict_rows = "".join(f"<tr><td>{_h(v)}</td><td>{_h(n)}</td></tr>" for v, n in verdicts.most_common())
+    verdict_rows = "".join(f"<tr><td>{_h(_clip(v))}</td><td>{_h(n)}</td></tr>" for v, n in verdicts.most_common(MAX_GROUPS))
     script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{_h(csp)}">
 <title>{_h(title)}</title><style>{STYLE}</style></head>
-<body data-cards="{len(cards)}">
+<body data-cards="{len(cards)}" data-records="{summary.records}">
 <h1>{_h(title)}</h1>
 <h2>Summary</h2>
 {_stage_table(stats)}
@@ -326,13 +333,15 @@ def render(stats: dict[str, dict], cards: list[Card], title: str, image_note: st
 served from the prefix cache: {_h(prefix_cache_note(filt))}.</p>
 <p>Images from: <b id="image-folder">{_h(image_note)}</b></p>
 <table><tr><th>verdict</th><th>records</th></tr>{verdict_rows}</table>
-<div class="plots">{_plots(cards)}</div>
+<div class="plots">{_plots(summary)}</div>
 <h2>Questions and curation</h2>
-{_curation(stats.get("format", {}), cards)}
+{_curation(stats.get("format", {}), summary)}
 <h2>Records</h2>
+{_sample_note(summary, len(cards), per_group)}
+{_groups(summary, shown)}
 <p>Verdict <select id="verdict"><option value="">all</option>{_options(verdicts)}</select>
 reason <select id="reason"><option value="">all</option>{_options(reasons)}</select>
-showing <b id="shown">{len(cards)}</b> of {len(cards)}</p>
+showing <b id="shown">{len(cards)}</b> cards of the <b id="matching">{summary.records}</b> records that match</p>
 {''.join(_card(c) for c in cards)}
 <script>{SCRIPT}</script>
 </body></html>

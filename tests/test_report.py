@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from html import escape
@@ -409,3 +410,135 @@ def test_report_names_a_curation_file_that_is_not_json(run_dir, capsys):
         main(["report", str(run_dir)])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and "image_caption_and_synthetic_task.curation.jsonl" in err and "Traceback" not in err
+
+
+# --- big runs: the summary over every record, cards for a seeded sample (issue #16) ----------------
+# (verdict, error reason) of record i of a big run, in proportions of a real run
+OUTCOMES = [("yes", None)] * 6 + [("no", None)] * 7 + [("open", None)] * 2 + [("invalid", None), (None, "no_triplet"), (None, "no_triplet"), (None, "image_missing")]
+
+
+def big_rows(n):
+    rows = []
+    for i in range(n):
+        verdict, reason = OUTCOMES[i * 7 % len(OUTCOMES)]
+        row = {
+            "images": ["gone.png" if reason == "image_missing" else f"im{i % 4}.png"],
+            "messages": [{"role": "user", "content": "<image>\nDescribe the image."}, {"role": "assistant", "content": f"Caption {i}."}],
+            "syn_id": i, "pred": f"Answer with a precise response.\nQ{i % 50}?{A}P{i}{E}",
+            "collected_QA": {"Q": f"Q{i % 50}?", "precise_A": f"P{i}", "informative_A": f"Long answer {i}."}, "consistency": verdict,
+        }
+        if reason:
+            row.update(collected_QA=None, error={"reason": reason, "detail": "-"})
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def big_run(run_dir):
+    """run_dir's folder holding 3,000 records instead of 6, formatted by the real format."""
+    edit_rows(run_dir, lambda rows: rows.__setitem__(slice(None), big_rows(3000)))
+    images = run_dir.parent / "images"
+    summary = run_format(FormatArgs(data_path=str(run_dir / "filtered_task_pairs.jsonl"), image_folder=str(images),
+                                    output=str(run_dir / "image_caption_and_synthetic_task.json")))
+    assert summary.records_in == 3000
+    return run_dir
+
+
+def group_sizes(n):
+    counts = {}
+    for i in range(n):
+        verdict, reason = OUTCOMES[i * 7 % len(OUTCOMES)]
+        key = (verdict or "none", reason or f"consistency_{verdict}" if verdict != "yes" else "")
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def card_ids(html):
+    return [int(i) for i in re.findall(r'<span class="tag">#(\d+)</span>', html)]
+
+
+def test_report_of_thousands_of_records_shows_a_bounded_sample_and_counts_every_record(big_run):
+    sizes = group_sizes(3000)
+    html = write_report(big_run, cards_per_group=7).read_text()
+    ids = card_ids(html)
+    assert len(ids) == sum(min(7, n) for n in sizes.values()) == 7 * len(sizes)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)  # in file order, each once
+    assert len(html.encode()) < 150_000  # every card: about 2 MB
+    assert f"<b>{len(ids)}</b> of the <b>3000</b> records, at most 7 per verdict and reason" in html
+    # the summary is over every record, not the sample
+    assert f"<tr><td>yes</td><td>{sizes['yes', '']}</td></tr>" in html and f"<tr><td>no</td><td>{sizes['no', 'consistency_no']}</td></tr>" in html
+    assert f'data-group-verdict="none" data-group-reason="no_triplet" data-records="{sizes["none", "no_triplet"]}"' in html
+    triplets = 3000 - sizes["none", "no_triplet"] - sizes["none", "image_missing"]
+    assert f"question length</b> (n={triplets}, words)" in html
+    assert f"<b>verdict yes</b>: {sizes['yes', '']} questions, 50 distinct" in html
+    # the default and larger samples
+    default = card_ids(write_report(big_run).read_text())
+    assert len(default) == 20 * len(sizes) and set(ids) <= set(default)  # a larger sample holds the smaller one
+    every = write_report(big_run, cards_per_group=3000).read_text()
+    assert len(card_ids(every)) == 3000 and 'A card for each of the <b>3000</b> records' in every
+
+
+def test_report_sample_is_the_same_on_every_run_and_the_seed_changes_it(big_run):
+    first = write_report(big_run, cards_per_group=5).read_bytes()
+    assert write_report(big_run, cards_per_group=5).read_bytes() == first
+    other = write_report(big_run, cards_per_group=5, seed=1).read_text()
+    assert card_ids(other) != card_ids(first.decode()) and len(card_ids(other)) == len(card_ids(first.decode()))
+    summary = first.decode().split("<h2>Records</h2>")[0]
+    assert other.split("<h2>Records</h2>")[0] == summary
+
+
+def test_report_filters_work_on_the_sample_in_chromium(big_run, tmp_path):
+    sizes = group_sizes(3000)
+    page = write_report(big_run, cards_per_group=4)
+    dom = browse(tmp_path, page.as_uri(), "--dump-dom")
+    assert f'<b id="shown">{4 * len(sizes)}</b>' in dom and '<b id="matching">3000</b>' in dom
+    yes = browse(tmp_path, page.as_uri() + "#verdict=yes", "--dump-dom")
+    assert '<b id="shown">4</b>' in yes and f'<b id="matching">{sizes["yes", ""]}</b>' in yes
+    none = browse(tmp_path, page.as_uri() + "#verdict=none", "--dump-dom")  # two groups: no_triplet, image_missing
+    assert '<b id="shown">8</b>' in none and f'<b id="matching">{sizes["none", "no_triplet"] + sizes["none", "image_missing"]}</b>' in none
+    missing = browse(tmp_path, page.as_uri() + "#verdict=none&reason=image_missing", "--dump-dom")
+    assert '<b id="shown">4</b>' in missing and f'<b id="matching">{sizes["none", "image_missing"]}</b>' in missing
+
+
+def test_report_with_a_new_reason_on_every_record_stays_bounded(big_run):
+    from adamllm.report_summary import MAX_GROUPS
+
+    edit_rows(big_run, lambda rows: [row.update(consistency=None, error={"reason": f"{FORM} {i}"}) for i, row in enumerate(rows)])
+    edit_rows(big_run, lambda rows: [row.update(consistency=f"v{i}") for i, row in enumerate(rows[:1000])])
+    html = write_report(big_run, cards_per_group=3).read_text()
+    assert len(card_ids(html)) == MAX_GROUPS + 3  # a card for each of the first groups; the others share one sample
+    assert f"<tr><td>{3000 - MAX_GROUPS} more groups</td><td>(they share one sample)</td><td>{3000 - MAX_GROUPS}</td><td>3</td></tr>" in html
+    assert html.count("<option ") <= 2 * (MAX_GROUPS + 1) and len(html.encode()) < 400_000
+    assert "<form" not in html
+
+
+def test_report_clips_a_huge_record_on_its_card(run_dir):
+    huge = "w " * 1_000_000
+    pairs = "".join(f"Answer with a precise response.\nQ{i}?{A}P{i}{E}{U}" for i in range(5000))
+    edit_rows(run_dir, set_rows((0, "messages", [{"role": "user", "content": "x"}, {"role": "assistant", "content": huge}]), (1, "pred", pairs),
+                                (2, "collected_QA", {"Q": huge, "precise_A": huge, "informative_A": "x"}), (3, "syn_id", huge)))
+    final = read_json(run_dir / "image_caption_and_synthetic_task.json")
+    final[0]["messages"] = [{"role": "user", "content": "turn"}] * 3000
+    write_final(run_dir, final)
+    html = write_report(run_dir).read_text()
+    assert html.count('<section class="card"') == 6 and len(html.encode()) < 400_000
+    assert "… (1995000 more characters)" in html and "(4979 more pairs)" in html and "(2980 more turns)" in html
+    assert "Synthesizer output: 4999 pair(s)" in html and "question length</b> (n=4, words)" in html  # counted whole
+
+
+@pytest.mark.parametrize("value, says", [("-1", "whole number >= 0"), ("many", "invalid int value")])
+def test_report_refuses_a_bad_cards_per_group(run_dir, value, says, capsys):
+    from adamllm.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["report", str(run_dir), "--cards_per_group", value])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "--cards_per_group" in err and says in err and "Traceback" not in err
+
+
+def test_report_with_no_cards_still_counts_every_record(run_dir, capsys):
+    from adamllm.cli import main
+
+    assert main(["report", str(run_dir), "--cards-per-group", "0"]) == 0
+    html = (run_dir / "report.html").read_text()
+    assert '<section class="card"' not in html and "<b>0</b> of the <b>6</b> records" in html and "<tr><td>yes</td><td>2</td></tr>" in html

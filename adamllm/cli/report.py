@@ -2,6 +2,8 @@
 
 import argparse
 
+from adamllm.report_summary import CARDS_PER_GROUP
+
 
 def add_parser(sub) -> None:
     parser = sub.add_parser(
@@ -17,6 +19,11 @@ def add_parser(sub) -> None:
         help="Image folder; only images inside it are shown (default: the one synthesis ran with, from stats.json, "
         "which must match the one recorded in OUTPUT_DIR/shards).",
     )
+    parser.add_argument(
+        "--cards_per_group", "--cards-per-group", type=int, default=CARDS_PER_GROUP, metavar="N",
+        help=f"Record cards per verdict and reason, a seeded sample of each (default: {CARDS_PER_GROUP}); the summary counts every record.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the sample of cards (default: 0).")
     parser.set_defaults(run=lambda ns: run(ns, parser))
 
 
@@ -24,7 +31,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from adamllm.report import write_report
 
     try:
-        path = write_report(args.output_dir, args.image_folder)
+        path = write_report(args.output_dir, args.image_folder, args.cards_per_group, args.seed)
     except ValueError as e:
         parser.error(str(e))
     print(f"wrote {path}")
