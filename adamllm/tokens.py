@@ -42,8 +42,10 @@ def count_tokens(tokenizer, text: str, limit: int) -> TokenCount:
     A normalizer that deletes characters could keep that prefix under the limit: then the whole text
     is counted, as before."""
     cap = text_char_cap(tokenizer, limit)
+    # verbose=False: transformers' "longer than the specified maximum" warning is this check's verdict,
+    # said by the caller's reject.
     if len(text) > cap:
-        n = len(tokenizer(text[:cap]).input_ids)
+        n = len(tokenizer(text[:cap], verbose=False).input_ids)
         if n > limit:
             return TokenCount(n, whole=False)
-    return TokenCount(len(tokenizer(text).input_ids))
+    return TokenCount(len(tokenizer(text, verbose=False).input_ids))
