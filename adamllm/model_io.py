@@ -95,16 +95,125 @@ def load_synthesizer_model(name_or_path: str, dtype=None, **kwargs):
     return LlavaNextForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype or "auto", **kwargs)
 
 
-def load_processor(name_or_path: str):
-    """Only the processor (tokenizer + image processor): enough to render and count prompts."""
-    from transformers import AutoProcessor
+# Tokens a vision tower puts before its patches, by vision_config.model_type (CLIP's class token).
+# A processor saved by transformers 4 (the released synthesizer's, llava-hf's of 2024) does not store
+# this count as num_additional_image_tokens; today's processor then assumes none, and expands each
+# image into one token fewer than the model makes features. vLLM counts from the tower too.
+CLASS_TOKENS = {"clip_vision_model": 1, "siglip_vision_model": 0}
+# Odd image shapes, besides the model's own grid pinpoints, on which both counts must agree.
+PROBE_SIZES = ((1, 1), (640, 80), (80, 640), (1000, 999))
 
-    return AutoProcessor.from_pretrained(name_or_path)
+
+def load_processor(name_or_path: str):
+    """Only the processor (tokenizer + image processor): enough to render and count prompts.
+
+    What the processor knows of the model follows from the model's config.json: the class-token count
+    always (from the vision tower), the patch size and feature strategy where the saved processor has
+    none (llava-hf's checkpoints saved before processor_config.json existed). Raises ValueError, naming
+    the setting and its fix, when the processor would still expand an image into another number of
+    tokens than the model makes features, or marks images with another token than the model's.
+    """
+    from transformers import AutoConfig, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(name_or_path)
+    config = AutoConfig.from_pretrained(name_or_path)
+    vision = config.vision_config
+    if processor.patch_size is None:
+        processor.patch_size = vision.patch_size
+    if processor.vision_feature_select_strategy is None:
+        processor.vision_feature_select_strategy = config.vision_feature_select_strategy
+    if vision.model_type in CLASS_TOKENS:
+        processor.num_additional_image_tokens = CLASS_TOKENS[vision.model_type]
+    if problem := processor_problem(processor, config):
+        raise ValueError(f"{name_or_path}: {problem}; {_where_to_fix(name_or_path)}")
+    return processor
+
+
+def check_processor(name_or_path: str, flag: str) -> str:
+    """"" when the synthesizer's processor loads and matches its model (see load_processor), else why
+    not, naming `flag`: for the argument checks, before any work. A model that is no LLaVA-NeXT at
+    all passes here: check_model says so."""
+    try:
+        if model_config(name_or_path).get("model_type") not in SYNTHESIZER_TYPES:
+            return ""
+    except ValueError:
+        return ""
+    try:
+        load_processor(name_or_path)
+    except ValueError as e:
+        return f"{flag} {e}"
+    except OSError as e:  # transformers' word for a missing or unreadable tokenizer / processor file
+        return f"{flag} {name_or_path}: its processor does not load: {e}"
+    return ""
 
 
 def image_token_count(processor, width: int, height: int) -> int:
     """How many tokens the processor's image token expands into for an image of this size."""
     return processor._get_num_multimodal_tokens(image_sizes=[(height, width)]).num_image_tokens[0]
+
+
+def image_feature_count(config, width: int, height: int, class_tokens: int) -> int:
+    """How many features the LLaVA-NeXT model of `config` makes for an image of this size: the base
+    tile's, then the grid of tiles unpadded to the image's shape with a newline per row, by the
+    model's own grid and unpadding code (run on an empty tensor)."""
+    import torch
+    from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
+
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    base = side * side + class_tokens - (config.vision_feature_select_strategy == "default")
+    rows, cols = get_anyres_image_grid_shape((height, width), config.image_grid_pinpoints, vision.image_size)
+    grid = unpad_image(torch.empty(0, rows * side, cols * side), (height, width))
+    return base + grid.shape[1] * (grid.shape[2] + 1)
+
+
+def processor_problem(processor, config) -> str:
+    """"" when `processor` marks and expands images as the model of `config` reads them, else what
+    differs: the first image size where the counts part, and each setting that differs from the model's."""
+    vision = config.vision_config
+    image_processor = processor.image_processor
+    token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    if token_id != config.image_token_id:
+        model_token = processor.tokenizer.convert_ids_to_tokens(config.image_token_id)
+        known = f"token id {token_id}" if token_id is not None else "not a token of its tokenizer"
+        return (
+            f"its processor marks images with {processor.image_token!r} ({known}) but the model "
+            f"reads token {config.image_token_id} (config.json image_token_index); "
+            f'set "image_token": {json.dumps(model_token)} in processor_config.json'
+        )
+    size = image_processor.size
+    settings = [  # (name, the processor's, the model's, where the model says so)
+        ("patch_size", processor.patch_size, vision.patch_size, "config.json vision_config.patch_size"),
+        ("vision_feature_select_strategy", processor.vision_feature_select_strategy, config.vision_feature_select_strategy, "config.json"),
+        ("size", size.shortest_edge or min(size.height, size.width), vision.image_size, "config.json vision_config.image_size"),
+        ("image_grid_pinpoints", [list(p) for p in image_processor.image_grid_pinpoints], [list(p) for p in config.image_grid_pinpoints], "config.json"),
+    ]
+    for width, height in [(w, h) for h, w in config.image_grid_pinpoints] + list(PROBE_SIZES):
+        features = image_feature_count(config, width, height, processor.num_additional_image_tokens)
+        try:
+            tokens = image_token_count(processor, width, height)
+        except (ArithmeticError, TypeError, ValueError) as e:  # tiles larger than every grid pinpoint
+            seen = f"cannot expand a {width}x{height} image ({type(e).__name__}: {e}), where the model makes {features} image features"
+        else:
+            if tokens == features:
+                continue
+            seen = (
+                f"expands a {width}x{height} image into {tokens} image tokens but the model makes {features} image "
+                "features (transformers would fail: 'Image features and image tokens do not match')"
+            )
+        differ = [f"{name} {ours} where the model has {theirs} ({where})" for name, ours, theirs, where in settings if ours != theirs]
+        return (
+            f"its processor {seen}; the processor has {'; '.join(differ) or 'settings its model does not share'}. "
+            "Set the model's values in processor_config.json (patch_size, vision_feature_select_strategy; size "
+            "and image_grid_pinpoints under its image_processor, or in preprocessor_config.json)"
+        )
+    return ""
+
+
+def _where_to_fix(name_or_path: str) -> str:
+    if Path(name_or_path).expanduser().is_dir():
+        return f"edit the files in {name_or_path}"
+    return f"edit them in a local copy (`hf download {name_or_path} --local-dir DIR`) and pass DIR instead"
 
 
 def save_synthesizer(model, processor, out_dir: str | Path) -> Path:

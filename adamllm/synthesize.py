@@ -33,7 +33,7 @@ from adamllm.formats import (
 )
 from adamllm.files import atomic_write
 from adamllm.images import image_size, open_image, resolve_image_path
-from adamllm.model_io import image_token_count
+from adamllm.model_io import check_processor, image_token_count
 from adamllm.prompts import EOS, synthesizer_prompt
 from adamllm.shards import input_fingerprint
 from adamllm.stage import add
@@ -57,6 +57,10 @@ class SynthesizeArgs(EngineArgs, ExecutorArgs):
 
     def __post_init__(self):
         errors = check_engine_args(self, "synthesizer") + check_executor_args(self)
+        # Before any work: a processor that expands images into a count the model does not make
+        # would fail every batch of the hf engine, and misjudge which prompts fit on both.
+        if self.model and (problem := check_processor(self.model, "--model")):
+            errors.append(problem)
         for name in ("data_path", "image_folder", "output_dir"):
             if not getattr(self, name):
                 errors.append(f"--{name} is required")

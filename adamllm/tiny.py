@@ -231,3 +231,52 @@ def make_tiny_models(out_dir: str | Path, seed: int = 0, teach_checker_steps: in
     checker.save_pretrained(out / "checker")
     tokenizer.save_pretrained(out / "checker")
     return {"synthesizer": out / "synthesizer", "checker": out / "checker"}
+
+
+# The processor layouts of transformers 4 that checkpoints in use were saved in (see write_old_layout).
+OLD_LAYOUTS = ("released", "llava-hf-2024")
+# The four keys of the released synthesizer's processor_config.json.
+RELEASED_PROCESSOR_KEYS = ("image_token", "patch_size", "processor_class", "vision_feature_select_strategy")
+LLAVA_HF_IMAGE_TOKEN = "<image>"
+# A Llama-3 LLaVA chat template, for the released layout's chat_template.json (the pipeline renders
+# its prompts itself; the file is there because the release has one).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}" + IMAGE_TOKEN + "{% else %}"
+    "{{ part['text'] }}{% endif %}{% endfor %}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def write_old_layout(synthesizer: str | Path, out_dir: str | Path, layout: str = "released") -> Path:
+    """A copy of a saved tiny synthesizer, its processor rewritten in a layout of transformers 4.
+
+    "released": as AdaptLLM/visual-instruction-synthesizer: the image processor in
+    preprocessor_config.json, a chat_template.json, and a processor_config.json holding only
+    RELEASED_PROCESSOR_KEYS (no num_additional_image_tokens).
+    "llava-hf-2024": as llava-hf's LLaVA-NeXT checkpoints saved before processor_config.json existed:
+    preprocessor_config.json alone, and `<image>` (the processor's default) as the image token.
+    The weights and config.json are the synthesizer's: both layouts must give its outputs.
+    """
+    import json
+    import shutil
+
+    from adamllm.formats import write_json
+
+    if layout not in OLD_LAYOUTS:
+        raise ValueError(f"layout {layout!r}: choose one of {', '.join(OLD_LAYOUTS)}")
+    src, out = Path(synthesizer), Path(out_dir)
+    shutil.copytree(src, out)
+    processor = json.loads((src / "processor_config.json").read_text(encoding="utf-8"))
+    image_processor = {**processor.pop("image_processor"), "processor_class": processor["processor_class"]}
+    write_json(out / "preprocessor_config.json", image_processor)
+    if layout == "released":
+        kept = {k: processor[k] for k in RELEASED_PROCESSOR_KEYS}
+        write_json(out / "processor_config.json", kept)
+        write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
+    else:
+        (out / "processor_config.json").unlink()
+        tokenizer = out / "tokenizer.json"
+        text = tokenizer.read_text(encoding="utf-8")
+        tokenizer.write_text(text.replace(json.dumps(IMAGE_TOKEN), json.dumps(LLAVA_HF_IMAGE_TOKEN)), encoding="utf-8")
+    return out

@@ -167,12 +167,14 @@ def _cpu_distributed_fixes() -> list[str]:
 
 def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """The three argument groups; ValueError listing every problem found, the base model's included."""
-    from adamllm.model_io import check_model
+    from adamllm.model_io import check_model, check_processor
 
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     extra = _cpu_distributed_fixes() if "--deepspeed" in " ".join(argv) else []
-    # The base model is checked from its config.json alone, and reported with the other problems.
-    model_problem = check_model(_flag_value(argv, "--model_name_or_path", DEFAULT_BASE), "synthesizer", "--model_name_or_path")
+    # The base model is checked from its config.json and its processor (which must expand each image
+    # into as many tokens as the model makes features), and reported with the other problems.
+    base = _flag_value(argv, "--model_name_or_path", DEFAULT_BASE)
+    model_problem = check_model(base, "synthesizer", "--model_name_or_path") or check_processor(base, "--model_name_or_path")
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv + extra)
     except ValueError as e:
