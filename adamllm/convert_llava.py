@@ -13,13 +13,12 @@ and `<|reserved_special_token_4|>` becomes the image token, as in the released s
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamllm.formats import write_json
-from adamllm.model_io import model_config
+from adamllm.model_io import model_config, read_config
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def convert(args: ConvertArgs) -> Path:
     if (out / "config.json").exists():
         raise ValueError(f"{out} already holds a model (config.json); choose an empty folder")
     src = _local_folder(args.src)
-    config = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    config = read_config(src / "config.json")
     check_config(config, args.src)
     tower = args.vision_tower or config["mm_vision_tower"]
     try:
@@ -226,19 +225,33 @@ def _read_tensors(src: Path):
     import torch
     from safetensors import safe_open
 
+    from safetensors import SafetensorError
+
     files = sorted(src.glob("*.safetensors"))
     if files:
         for path in files:
-            with safe_open(str(path), "pt") as f:
-                for key in f.keys():
-                    yield key, f.get_tensor(key)
+            try:
+                with safe_open(str(path), "pt") as f:
+                    for key in f.keys():
+                        yield key, f.get_tensor(key)
+            except SafetensorError as e:
+                raise ValueError(_damaged(path, e)) from None
         return
     files = sorted(src.glob("*.bin"))
     if not files:
         raise ValueError(f"{src}: no *.safetensors or *.bin weights")
     for path in files:
-        for key, tensor in torch.load(path, map_location="cpu", weights_only=True).items():
-            yield key, tensor
+        try:
+            weights = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle's errors have no common class: KeyError, EOFError, UnpicklingError, ...
+            raise ValueError(_damaged(path, e)) from None
+        if not isinstance(weights, dict):
+            raise ValueError(f"{path} holds a {type(weights).__name__}, not a state dict of weights")
+        yield from weights.items()
+
+
+def _damaged(path: Path, error: Exception) -> str:
+    return f"{path} is not a readable weights file ({error or type(error).__name__}): it is truncated or damaged; download or copy it again"
 
 
 def _save_weights(weights: dict, out: Path) -> None:

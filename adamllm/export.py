@@ -35,14 +35,16 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
+import shutil
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from adamllm.curate import LOGPROBS, yes_prob
 from adamllm.dataset_card import CARD_FILE, dataset_card, stage_args
+from adamllm.files import clean_stale_tmp, tmp_path, tmp_pattern
 from adamllm.formats import COLLECTED_QA, CONSISTENCY, SYN_ID, RecordError, Rejects, parse_caption_pair, read_json_file, read_run_records, write_json
 from adamllm.images import read_image_bytes, resolve_image_path, trusted_image_folder
 from adamllm.posttrain import kept_triplet
@@ -282,7 +284,11 @@ def run_export(args: ExportArgs) -> ExportSummary:
     to = Path(args.to)
     to.parent.mkdir(parents=True, exist_ok=True)
     summary = ExportSummary(to=str(to))
-    with tempfile.TemporaryDirectory(prefix=f".{to.name}.export-", dir=to.parent) as tmp:
+    # The staging folder is named for this process (files.tmp_path), so a rerun removes the one a
+    # killed export into the same DIR left beside it.
+    base = to.parent / f".{to.name}.export"
+    clean_stale_tmp(to.parent, (tmp_pattern(base),))
+    with staging_folder(tmp_path(base)) as tmp:
         staging = Path(tmp) / "dataset"
         staging.mkdir()
         rejects = Rejects(staging / REJECTS_FILE)
@@ -315,6 +321,16 @@ def run_export(args: ExportArgs) -> ExportSummary:
         summary.pushed_to = args.push_to_hub
         write_json(to / SUMMARY_FILE, asdict(summary))
     return summary
+
+
+@contextmanager
+def staging_folder(path: Path) -> Iterator[Path]:
+    """A new folder, removed with what it holds when the block ends (its dataset renamed out first)."""
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def push_to_hub(dataset_dir: Path, repo: str, private: bool) -> None:

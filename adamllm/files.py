@@ -3,24 +3,47 @@ run leaves, and OS errors told as a person reads them (the path and the cause)."
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import logging
 import os
 import re
+import shutil
+import signal
+import socket
+import threading
 import time
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
 
-# Temp files are named NAME.tmp<pid>: per process, as shard workers write side by side.
-_TMP = re.compile(r"\.tmp(\d+)$")
-STALE_TMP_AGE_S = 60  # on a shared file system a live writer on another node has a pid we cannot see
+# Temp files are named NAME.tmp<pid>-<place>: per process, as shard workers write side by side, and
+# <place> says where that pid means that process (this host, this boot, this pid namespace). A temp
+# file of a dead pid of this place is a killed run's, safe to remove at once; one from another place
+# (a node sharing the file system) may have a live writer whose pid we cannot see, so it waits
+# STALE_TMP_AGE_S (as does a temp file named before places were: NAME.tmp<pid>).
+_TMP = re.compile(r"\.tmp(\d+)(?:-([0-9a-f]{8}))?$")
+STALE_TMP_AGE_S = 60
+
+
+@cache
+def pid_place() -> str:
+    """A short tag of where a pid names one process: host name, boot and pid namespace."""
+    parts = [socket.gethostname()]
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(os.readlink(source) if source.endswith("/pid") else Path(source).read_text().strip())
+        except OSError:
+            parts.append("")
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:8]
 
 
 def tmp_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp{os.getpid()}")
+    return path.with_name(f"{path.name}.tmp{os.getpid()}-{pid_place()}")
 
 
 @contextmanager
@@ -38,23 +61,86 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Any]:
         tmp.unlink(missing_ok=True)
 
 
-def clean_stale_tmp(folder: str | os.PathLike) -> int:
-    """Delete the temp files a killed run left in `folder` (and its shards/); returns how many."""
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) off for the block; one that came meanwhile is raised at its end. Only the
+    main thread can set signal handlers; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(signal.SIGINT, None)  # Python's own handler raises KeyboardInterrupt
+        elif caught and previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def replaced_together(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Temp paths to write `paths` through, all renamed into place at the end of the block with
+    Ctrl-C held off: an interrupt leaves every file old or every file new, never an output beside
+    another run's summary. A path whose temp file the block did not write is removed (a companion
+    file this run has none of). On an error or an interrupt in the block no path changes."""
+    paths = [Path(p) for p in paths]
+    tmps = [tmp_path(p) for p in paths]
+    try:
+        yield tmps
+        with interrupts_held():
+            for tmp, path in zip(tmps, paths):
+                if tmp.exists():
+                    os.replace(tmp, path)
+                else:
+                    path.unlink(missing_ok=True)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+
+
+def tmp_pattern(path: str | os.PathLike) -> str:
+    """The glob of the temp files of `path`, relative to its folder (for `clean_stale_tmp`)."""
+    return glob.escape(Path(path).name) + ".tmp*"
+
+
+def clean_stale_tmp(folder: str | os.PathLike, patterns: tuple[str, ...] = ("*.tmp*", "shards/*.tmp*")) -> int:
+    """Delete the temp files (or staging folders) a killed run left in `folder`; returns how many."""
     removed = 0
     folder = Path(folder)
-    for tmp in [*folder.glob("*.tmp*"), *folder.glob("shards/*.tmp*")]:
-        match = _TMP.search(tmp.name)
-        if not match or _alive(int(match.group(1))):
+    for tmp in [p for pattern in patterns for p in folder.glob(pattern)]:
+        if not is_stale_tmp(tmp):
             continue
         try:
-            if time.time() - tmp.stat().st_mtime > STALE_TMP_AGE_S:
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            else:
                 tmp.unlink()
-                removed += 1
+            removed += 1
         except FileNotFoundError:
             pass
     if removed:
         log.info("%s: removed %d temp file(s) left by an interrupted run", folder, removed)
     return removed
+
+
+def is_stale_tmp(tmp: Path) -> bool:
+    """Whether `tmp` is a temp file whose writer is gone: a dead pid of this place, or, from another
+    place, not written for STALE_TMP_AGE_S."""
+    match = _TMP.search(tmp.name)
+    if not match:
+        return False
+    pid, place = int(match.group(1)), match.group(2)
+    if place == pid_place():
+        return not _alive(pid)
+    if (place is None and _alive(pid)) or tmp.is_dir():
+        return False  # a staging folder's mtime does not show a live writer: only its own place judges it
+    try:
+        return time.time() - tmp.stat().st_mtime > STALE_TMP_AGE_S
+    except FileNotFoundError:
+        return False
 
 
 def _alive(pid: int) -> bool:

@@ -12,6 +12,7 @@ Files on disk are the hand-over between stages:
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from adamllm.files import atomic_write
+from adamllm.run_folder import DATASET_INFO_FILE
 from adamllm.prompts import IMAGE_TAG, remove_image_tag, strip_special_tokens
 
 # Field names the stage-2 intermediate files carry (fixed: later stages and users' tools read them).
@@ -58,38 +60,99 @@ def syn_id_problem(value: Any) -> str:
 
 
 # --- reading ---------------------------------------------------------------------------------------
+# Every JSON file a user or a run folder gives is read here, so that any damage is one ValueError
+# naming the file, the place (line, character or byte offset) and the fix, never a decoder's bare words.
 def iter_json_records(path: str | os.PathLike) -> Iterator[Any]:
     """Stream the items of a JSON list file, or the lines of a JSONL file, one at a time.
 
     A JSON list is decoded item by item from a buffered read, so memory holds one record, not the
     file: inputs of a million pairs are the normal case. Raises ValueError naming the file and the
-    offset when the file is not valid JSON, text included that follows the list.
+    place when the file is not UTF-8, not valid JSON (text after the list included), or nested too
+    deep to decode.
     """
-    with open(path, encoding="utf-8") as fh:
-        head = _skip_space(fh)
-        if head == "":
-            return
-        if head == "[":
-            yield from _iter_json_array(fh, path)
-        else:
-            yield from _iter_jsonl(head + fh.readline(), fh, path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            head = _skip_space(fh)
+            if head == "":
+                return
+            if head == "[":
+                yield from _iter_json_array(fh, path)
+            else:
+                yield from _iter_jsonl(head + fh.readline(), fh, path)
+    except UnicodeDecodeError:
+        raise ValueError(not_utf8(path)) from None
 
 
 def read_run_records(path: str | os.PathLike) -> Iterator[Any]:
-    """`iter_json_records` for a run folder's own files (report, export): any damage, even a file
-    that is not UTF-8, nested too deep or unreadable, is one ValueError naming the file."""
+    """`iter_json_records` for a run folder's own files (report, export): an unreadable file, too,
+    is one ValueError naming it."""
     try:
         yield from iter_json_records(path)
-    except (ValueError, RecursionError, OSError) as e:
-        raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror or e}") from None
 
 
-def read_json_file(path: str | os.PathLike) -> Any:
-    """A whole small JSON file (stats.json, a fingerprint); any damage is a ValueError naming it."""
+def read_json_file(path: str | os.PathLike, expect: type | None = None, what: str = "", fix: str = "") -> Any:
+    """A whole small JSON file (stats.json, dataset_info.json, a config.json, a summary, a
+    fingerprint). Any damage is a ValueError naming the file, the place and `fix`; with `expect`, a
+    document of another type is damage too (`what` says what the file holds, "a JSON object of ...")."""
+    path = Path(path)
+    fix = f"; {fix}" if fix else ""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (ValueError, RecursionError, OSError) as e:
-        raise ValueError(f"{path} is not readable JSON ({e})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(not_utf8(path) + fix) from None
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror or e}{fix}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}){fix}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: {TOO_DEEP}{fix}") from None
+    if expect is not None and not isinstance(data, expect):
+        raise ValueError(f"{path} holds a JSON {_json_type(data)}, not {what or 'a JSON ' + _json_type(expect())}{fix}")
+    return data
+
+
+TOO_DEEP = "lists or objects nested too deep to decode (about a thousand levels or more); no record of ours nests more than a few"
+
+
+def not_utf8(path: str | os.PathLike) -> str:
+    """What is wrong with a file that is not UTF-8: its UTF-16/32 byte-order mark, or the byte
+    offset (and line) of its first byte that is not UTF-8, and the fix."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if head.startswith(bom):
+            return f"{path} is {name} text (it starts with a {name} byte-order mark); save it as UTF-8"
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 1
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            pending = decoder.getstate()[0]
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                data = pending + chunk
+                at = offset - len(pending) + e.start
+                lines += data[: e.start].count(b"\n")
+                return (
+                    f"{path}: byte 0x{data[e.start]:02x} at byte offset {at} (line {lines}) is not UTF-8; "
+                    "the file is in another encoding (Latin-1, Windows-1252, ...): save it as UTF-8"
+                )
+            offset += len(chunk)
+            lines += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return f"{path}: the file ends inside a UTF-8 character (byte offset {offset}); it is truncated or not UTF-8: save it as UTF-8"
+    return f"{path} is not UTF-8; save it as UTF-8"
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _skip_space(fh) -> str:
@@ -110,6 +173,8 @@ def _iter_jsonl(first_line: str, fh, path) -> Iterator[Any]:
                     yield json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}: line {number} is not valid JSON ({e.msg})") from None
+                except RecursionError:
+                    raise ValueError(f"{path}: line {number}: {TOO_DEEP}; repair or remove that line") from None
         line = fh.readline()
         lines = [line] if line else []
 
@@ -136,6 +201,8 @@ def _iter_json_array(fh, path, chunk_size: int = 1 << 20) -> Iterator[Any]:
             raise ValueError(f"{path}: the JSON list is not closed with ']'")
         try:
             item, end = decoder.raw_decode(buf)
+        except RecursionError:
+            raise ValueError(f"{path}: the record at character {offset}: {TOO_DEEP}; repair or remove it") from None
         except json.JSONDecodeError as e:
             if eof:
                 raise ValueError(f"{path}: invalid JSON near character {offset + e.pos} ({e.msg})") from None
@@ -399,13 +466,24 @@ def dataset_info_entry(file_name: str, style: str) -> dict:
     }
 
 
-def update_dataset_info(folder: str | os.PathLike, name: str, entry: dict) -> Path:
-    """Add or replace one entry of `folder/dataset_info.json`, keeping the others."""
-    path = Path(folder) / "dataset_info.json"
-    info = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+def update_dataset_info(folder: str | os.PathLike, name: str, entry: dict, into: Path | None = None) -> Path:
+    """Add or replace one entry of `folder/dataset_info.json`, keeping the others; written to `into`
+    when given (a temp file that replaces it together with the output)."""
+    path = Path(folder) / DATASET_INFO_FILE
+    info = read_dataset_info(path)
     info[name] = entry
-    write_json(path, info)
+    write_json(into or path, info)
     return path
+
+
+def read_dataset_info(path: Path) -> dict:
+    """A `dataset_info.json` ({} when there is none yet); damage is a ValueError naming the fix."""
+    if not path.exists():
+        return {}
+    return read_json_file(
+        path, dict, "a JSON object of LLaMA-Factory dataset entries",
+        "repair it, or move it away and rerun: `adamllm format` writes a new one holding this dataset's entry",
+    )
 
 
 def user_message(text: str, with_image: bool) -> dict[str, str]:

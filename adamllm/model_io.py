@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+from adamllm.formats import read_json_file
+
 # What each role needs, by config.json's model_type: the synthesizer is a LLaVA-NeXT, the checker a
 # text LLM. Telling them apart up front turns swapped arguments into a message, not a traceback.
 SYNTHESIZER_TYPES = ("llava_next",)
@@ -28,7 +30,7 @@ def model_config(name_or_path: str) -> dict:
         config = path / "config.json"
         if not config.is_file():
             raise ValueError(f"{name_or_path} is a folder without config.json, not a saved model")
-        return json.loads(config.read_text(encoding="utf-8"))
+        return read_config(config)
     if path.exists():
         raise ValueError(f"{name_or_path} is a file; give a model folder or a hub id")
     if not HUB_ID.fullmatch(name_or_path) or name_or_path.endswith((".json", ".safetensors", ".bin")):
@@ -55,7 +57,12 @@ def model_config(name_or_path: str) -> dict:
         ) from None
     except EntryNotFoundError:
         raise ValueError(f"hub id {name_or_path} has no config.json: not a transformers model") from None
-    return json.loads(Path(config).read_text(encoding="utf-8"))
+    return read_config(Path(config))
+
+
+def read_config(path: Path) -> dict:
+    """A model's config.json; damage is a ValueError naming the file (not a decoder's bare words)."""
+    return read_json_file(path, dict, "a JSON object of model settings", "it is damaged: save or download the model again")
 
 
 def check_model(name_or_path: str, role: str, flag: str) -> str:

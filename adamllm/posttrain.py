@@ -51,6 +51,7 @@ from adamllm.formats import (
     iter_json_records,
     llava_record,
     parse_caption_pair,
+    read_dataset_info,
     sharegpt_record,
     syn_id_problem,
     update_dataset_info,
@@ -58,6 +59,7 @@ from adamllm.formats import (
     write_json,
     write_json_list,
 )
+from adamllm.files import clean_stale_tmp, replaced_together, tmp_pattern
 from adamllm.images import check_image, resolve_image_path
 from adamllm.parse import Triplet
 from adamllm.prompts import CAPTION_HINT, COT_TEMPLATES, INDICATORS, QA_TEMPLATES, fill_task, strip_special_tokens
@@ -293,7 +295,7 @@ def curation_summary(args: FormatArgs, deduper: Deduper | None, summary: FormatS
         out.update(min_yes_prob=args.min_yes_prob, yes_prob_checked=summary.synthetic_tasks + curation.counts[DUPLICATE_QUESTION] + dropped,
                    dropped_low_yes_prob=dropped, no_yes_prob=missing)
     if out:
-        out["file"] = str(curation.path) if sum(curation.counts.values()) else ""
+        out["file"] = str(run_folder.curation_path(args.output)) if sum(curation.counts.values()) else ""
     return out
 
 
@@ -302,40 +304,42 @@ def run_format(args: FormatArgs) -> FormatSummary:
     output = Path(args.output)
     out_dir = output.parent
     stem = run_folder.stem(output.name)
+    # Every file format writes: replaced together at the end, so that an interrupt or a failure
+    # leaves the last run's files as they were, never this output beside that run's summary.
+    files = (output, run_folder.summary_path(output), out_dir / run_folder.DATASET_INFO_FILE, run_folder.rejects_path(output), run_folder.curation_path(output))
+    clean_stale_tmp(out_dir, tuple(tmp_pattern(f) for f in files))  # what a killed run of this command left
+    read_dataset_info(files[2])  # a damaged one is named before any work
     check_curation_input(args)
     deduper = scan_questions(args) if args.dedup != "none" else None
     curating = deduper is not None or args.min_yes_prob > 0
-    rejects = Rejects(run_folder.rejects_path(output))
-    curation = Rejects(run_folder.curation_path(output))
-    # Companion files of an earlier run would describe another output (files are opened lazily).
-    for stale in (rejects.path, curation.path):
-        if stale.is_file():
-            stale.unlink()
     summary = FormatSummary(output=str(output))
     seen: set[int] = set()  # syn_ids formatted so far: a few bytes each, even for millions of records
 
-    def records():
-        for index, record in enumerate(tqdm(iter_input_records(args.data_path), desc="format", unit="rec")):
-            summary.records_in += 1
-            try:
-                built = build_record(record, index, args, out_dir, summary, seen, deduper, curation if curating else None)
-            except RecordError as e:
-                rejects.add(e.reason, e.detail, record, index=index)
-                continue
-            yield built
+    with replaced_together(*files) as (tmp_output, tmp_summary, tmp_info, tmp_rejects, tmp_curation):
+        rejects, curation = Rejects(tmp_rejects), Rejects(tmp_curation)  # opened lazily: none without a record
 
-    try:
-        summary.records_out = write_json_list(output, records())
-    finally:
-        rejects.close()
-        curation.close()
-        if deduper is not None:
-            deduper.close()
-    summary.rejected = dict(rejects.counts)
-    summary.rejects_file = str(rejects.path) if rejects.total else ""
-    summary.curation = curation_summary(args, deduper, summary, curation)
-    update_dataset_info(out_dir, stem, dataset_info_entry(output.name, args.style))
-    write_json(run_folder.summary_path(output), asdict(summary))
+        def records():
+            for index, record in enumerate(tqdm(iter_input_records(args.data_path), desc="format", unit="rec")):
+                summary.records_in += 1
+                try:
+                    built = build_record(record, index, args, out_dir, summary, seen, deduper, curation if curating else None)
+                except RecordError as e:
+                    rejects.add(e.reason, e.detail, record, index=index)
+                    continue
+                yield built
+
+        try:
+            summary.records_out = write_json_list(tmp_output, records())
+        finally:
+            rejects.close()
+            curation.close()
+            if deduper is not None:
+                deduper.close()
+        summary.rejected = dict(rejects.counts)
+        summary.rejects_file = str(files[3]) if rejects.total else ""
+        summary.curation = curation_summary(args, deduper, summary, curation)
+        update_dataset_info(out_dir, stem, dataset_info_entry(output.name, args.style), into=tmp_info)
+        write_json(tmp_summary, asdict(summary))
     log.info(
         "format: %d records in, %d written (%d with a synthetic task), %d rejected %s%s",
         summary.records_in, summary.records_out, summary.synthetic_tasks, rejects.total, summary.rejected,

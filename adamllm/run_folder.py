@@ -27,6 +27,7 @@ FILTERED_FILE = "filtered_task_pairs.jsonl"
 FINAL_FILE = "image_caption_and_synthetic_task.json"
 PROMPTS_FILE = "prompts.jsonl"
 STATS_FILE = "stats.json"
+DATASET_INFO_FILE = "dataset_info.json"  # beside format's output: LLaMA-Factory's list of datasets
 REPORT_FILE = "report.html"
 SHARDS_DIR = "shards"
 

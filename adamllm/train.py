@@ -32,7 +32,7 @@ import torch
 import transformers
 
 from adamllm import run_folder
-from adamllm.formats import write_json
+from adamllm.formats import read_json_file, write_json
 
 log = logging.getLogger(__name__)
 # torch's deprecation of two collectives that DeepSpeed ZeRO-3 calls on every step: noise in the log
@@ -202,7 +202,7 @@ def prepare_data(data_args: DataArguments, training_args: TrainingArguments) -> 
         summary = run_folder.summary_path(data_args.data_path)
         if not data_args.blank_image_path and summary.exists():
             # merge-seed wrote the blank image's path into its records and its summary.
-            data_args.blank_image_path = json.loads(summary.read_text())["blank_image_path"]
+            data_args.blank_image_path = summary_blank_image(summary)
         return data_args.data_path, False
     from accelerate import PartialState
 
@@ -221,6 +221,15 @@ def prepare_data(data_args: DataArguments, training_args: TrainingArguments) -> 
                 split="train", seed=training_args.seed,
             ))
     return str(output), True
+
+
+def summary_blank_image(summary: Path) -> str:
+    """The blank image a merge-seed summary names; a damaged summary is a ValueError with the fix."""
+    fix = "rerun `adamllm merge-seed` to write it again, or pass --blank_image_path"
+    blank = read_json_file(summary, dict, "merge-seed's summary (a JSON object)", fix).get("blank_image_path")
+    if not isinstance(blank, str) or not blank:
+        raise ValueError(f"{summary} names no blank_image_path (it holds {blank!r}); {fix}")
+    return blank
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> dict:
@@ -333,7 +342,16 @@ def main(argv: list[str] | None = None) -> int:
     if training_args.check_only:
         print(f"adamllm train: arguments, seed files and base model {model_args.model_name_or_path} checked")
         return 0
-    summary = train(model_args, data_args, training_args)
+    try:
+        summary = train(model_args, data_args, training_args)
+    except ValueError as e:  # bad data: no usable record, a damaged summary or input file
+        print(f"adamllm train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line (from one rank), not a traceback per rank
+        if training_args.process_index == 0:
+            print(f"adamllm train: interrupted; the checkpoints saved so far are in {training_args.output_dir} (checkpoint-*); "
+                  "the same command resumes from the last one", file=sys.stderr)
+        return 130
     leave_process_group()
     if training_args.process_index == 0:
         log.info("trained on %d records (%d truncated, %d blank) in %.0f s; saved to %s",

@@ -38,7 +38,10 @@ def main(argv: list[str]) -> int:
     with open(argv[0], encoding="utf-8") as fh:
         spec = json.load(fh)
     stage = build_stage(spec["stage"], spec["args"])
-    run_shards(stage, [Shard(stage.args.shard_index, stage.args.num_shards)])
+    try:
+        run_shards(stage, [Shard(stage.args.shard_index, stage.args.num_shards)])
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker: the parent says it once for all
+        return 130
     return 0
 
 

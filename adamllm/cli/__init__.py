@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from adamllm.cli import convert_llava, export, filter, fixtures, format_data, merge_seed, report, run, synthesize, tiny_models, train
+from adamllm.run_folder import SHARDS_DIR
 
 COMMANDS = (merge_seed, train, run, synthesize, filter, format_data, report, export, convert_llava, tiny_models, fixtures)
 
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of whichever library was running
+        print(f"adamllm {args.command}: interrupted; {interrupted_message(args)}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report it
     except ValueError as e:  # bad arguments or data: the message names the flag or record and the fix
         print(f"adamllm {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -69,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"adamllm {args.command}: failed: {describe_os_error(e)}", file=sys.stderr)
         return 1
+
+
+def interrupted_message(args: argparse.Namespace) -> str:
+    """What an interrupted command kept, and how to go on (one line)."""
+    if args.command in ("synthesize", "filter", "run"):
+        return f"the records finished so far are saved in {Path(args.output_dir) / SHARDS_DIR}/; the same command resumes from them"
+    return "no output was half-written (each file is replaced whole, or left as it was); the same command starts again"
 
 
 if __name__ == "__main__":

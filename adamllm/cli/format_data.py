@@ -49,7 +49,7 @@ def run(args: FormatArgs) -> int:
         try:
             update_stats(output.parent, "format", {**asdict(s), "wall_s": time.monotonic() - start}, args)
         except ValueError as e:  # a hand-damaged stats.json: the output is written; say what was not
-            print(f"adamllm format: warning: {output.parent / STATS_FILE} not updated, it is not readable JSON ({e})", file=sys.stderr)
+            print(f"adamllm format: warning: {output.parent / STATS_FILE} not updated (the output is written): {e}", file=sys.stderr)
     print(
         f"wrote {s.records_out} records ({s.synthetic_tasks} with a synthetic task) to {s.output}; "
         f"{sum(s.rejected.values())} rejected {s.rejected or ''}".rstrip()
