@@ -16,6 +16,7 @@ caption task; each such record is listed, with why, in OUTPUT's `.curation.jsonl
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -57,9 +58,10 @@ from adamllm.formats import (
     write_json,
     write_json_list,
 )
-from adamllm.images import check_image, resolve_image_path
+from adamllm.images import check_image, check_image_unchanged, resolve_image_path
 from adamllm.parse import Triplet
 from adamllm.prompts import CAPTION_HINT, COT_TEMPLATES, INDICATORS, QA_TEMPLATES, fill_task, strip_special_tokens
+from adamllm.stats import check_made_from, file_record, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,7 @@ class FormatSummary:
     output: str = ""
     rejects_file: str = ""
     curation: dict = field(default_factory=dict)  # --dedup / --min_yes_prob counts (empty without them)
+    provenance: dict = field(default_factory=dict)  # path, size, sha256 of the input read and the output written
 
 
 def record_syn_id(record: dict, index: int, seen: set[int]) -> int:
@@ -182,7 +185,9 @@ def examine(record, index: int, args: FormatArgs, seen: set[int]) -> Examined:
 
     Both passes of `--dedup` call this, so they agree on every record."""
     pair = parse_caption_pair(record)
-    check_image(resolve_image_path(args.image_folder, pair.image))
+    image = resolve_image_path(args.image_folder, pair.image)
+    check_image(image)
+    check_image_unchanged(record, image)
     syn_id = record_syn_id(record, index, seen)
     triplet, missing = kept_triplet(record)
     found = Examined(pair, syn_id, triplet, missing, question=triplet.Q if triplet is not None else "")
@@ -299,6 +304,8 @@ def run_format(args: FormatArgs) -> FormatSummary:
     output = Path(args.output)
     out_dir = output.parent
     stem = run_folder.stem(output.name)
+    source = file_record(args.data_path, file_sha256(args.data_path))
+    check_made_from(args.data_path, source["sha256"], "format")
     check_curation_input(args)
     deduper = scan_questions(args) if args.dedup != "none" else None
     curating = deduper is not None or args.min_yes_prob > 0
@@ -321,8 +328,9 @@ def run_format(args: FormatArgs) -> FormatSummary:
                 continue
             yield built
 
+    digest = hashlib.sha256()
     try:
-        summary.records_out = write_json_list(output, records())
+        summary.records_out = write_json_list(output, records(), digest)
     finally:
         rejects.close()
         curation.close()
@@ -331,6 +339,7 @@ def run_format(args: FormatArgs) -> FormatSummary:
     summary.rejected = dict(rejects.counts)
     summary.rejects_file = str(rejects.path) if rejects.total else ""
     summary.curation = curation_summary(args, deduper, summary, curation)
+    summary.provenance = {"input": source, "output": file_record(output, digest.hexdigest())}
     update_dataset_info(out_dir, stem, dataset_info_entry(output.name, args.style))
     write_json(run_folder.summary_path(output), asdict(summary))
     log.info(

@@ -11,15 +11,17 @@ record could not be used (those also go to OUT/syn_task_triplets.rejects.jsonl).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamllm import run_folder
-from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args, output_settings
+from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args
 from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
 from adamllm.formats import (
     ERROR,
+    IMAGE_STAT,
     PRED,
     SYN_ID,
     RecordError,
@@ -31,12 +33,12 @@ from adamllm.formats import (
     read_jsonl,
 )
 from adamllm.files import atomic_write
-from adamllm.images import image_size, open_image, resolve_image_path
+from adamllm.images import image_size, image_stat, open_image, resolve_image_path
 from adamllm.model_io import image_token_count
 from adamllm.prompts import EOS, synthesizer_prompt
-from adamllm.shards import input_fingerprint
+from adamllm.shards import stage_fingerprint
 from adamllm.stage import add
-from adamllm.stats import update_stats
+from adamllm.stats import PROVENANCE, provenance, update_stats
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +127,15 @@ class SynthesizeStage:
         self.args = args
         self.prompter: Prompter | None = None
         self.stripped = 0  # special-token pieces stripped from the records prepared in this worker
+        self._fingerprint: dict | None = None
 
     def records(self):
         return input_records(self.args)
 
     def fingerprint(self) -> dict:
-        a = self.args
-        return input_fingerprint(
-            a.data_path, image_folder=a.image_folder, model=a.model, limit=a.limit,
-            max_new_tokens=a.max_new_tokens, max_model_len=a.max_model_len, **output_settings(a),
-        )
+        if self._fingerprint is None:  # the input is hashed once: stats.json records it too
+            self._fingerprint = stage_fingerprint(self.args)
+        return self._fingerprint
 
     def load(self):
         engine = build_engine(self.args, multimodal=True)
@@ -161,10 +162,15 @@ class SynthesizeStage:
             return None  # rejected with its reason when its batch runs
 
     def finish(self, syn_id: int, record, generation: Generation) -> dict:
-        return {**record, SYN_ID: syn_id, PRED: generation.text}
+        return {**record, SYN_ID: syn_id, PRED: generation.text, IMAGE_STAT: image_stat(self.image_path(record))}
 
     def reject(self, syn_id: int, record, error: RecordError) -> dict:
-        return rejected(syn_id, record, error)
+        return {**rejected(syn_id, record, error), IMAGE_STAT: image_stat(self.image_path(record))}
+
+    def changed(self, output: dict) -> bool:
+        """Whether a finished record's image is no longer the file it was made from (replaced, or
+        there now when it was missing): a resume redoes it."""
+        return IMAGE_STAT in output and image_stat(self.image_path(output)) != output[IMAGE_STAT]
 
     def kept(self, output: dict) -> bool:
         return output.get(PRED) is not None
@@ -201,11 +207,11 @@ def dry_run(args: SynthesizeArgs) -> dict:
     }
 
 
-def tally(output: Path) -> dict:
+def tally(output: Path, digest=None) -> dict:
     """Counts of the merged output, and its rejects file: records in = with pred + rejected."""
     rejects = Rejects(run_folder.rejects_path(output))
     n_in = n_out = 0
-    for record in read_jsonl(output):
+    for record in read_jsonl(output, digest):
         n_in += 1
         if record.get(PRED) is None:
             rejects.add(error_reason(record), record[ERROR]["detail"], record, syn_id=record[SYN_ID])
@@ -219,11 +225,14 @@ def run_synthesize(args: SynthesizeArgs) -> dict | None:
     """Run (or resume) synthesis; the stage's stats, or None while other shards are still running."""
     if args.dry_run:
         return dry_run(args)
-    costs = run_stage(SynthesizeStage(args))
+    stage = SynthesizeStage(args)
+    costs = run_stage(stage)
     if costs is None:
         log.info("synthesize: shard done; the last shard to finish merges")
         return None
     out_dir = Path(args.output_dir)
-    stats = {**tally(out_dir / OUTPUT_FILE), **costs}
+    digest = hashlib.sha256()
+    stats = {**tally(out_dir / OUTPUT_FILE, digest), **costs}
+    stats[PROVENANCE] = provenance(stage.fingerprint(), out_dir / OUTPUT_FILE, digest)
     update_stats(out_dir, "synthesize", stats, args)
     return stats

@@ -112,12 +112,6 @@ def check_engine_args(args: EngineArgs, role: str) -> list[str]:
     return errors
 
 
-def output_settings(args: EngineSettings) -> dict:
-    """The serving flags that change what the model writes: part of a stage's resume fingerprint, so a
-    rerun with another of them starts over instead of mixing outputs."""
-    return {"dtype": args.dtype, "enforce_eager": args.enforce_eager, "quantization": args.quantization}
-
-
 def cuda_available() -> bool:
     import torch
 
