@@ -108,7 +108,10 @@ def check_made_from(data_path: str | Path, sha256: str, stage: str) -> None:
     stats_path = path.parent / STATS_FILE
     if path.name != name or not stats_path.is_file():
         return
-    stats = read_json_file(stats_path)
+    try:
+        stats = read_json_file(stats_path)
+    except ValueError:
+        return  # a damaged stats.json says nothing of where files came from; writing it reports it
     if isinstance(stats, dict) and (problem := chain_problem(path.parent, stats, {name: sha256}, upto=stage)):
         raise ValueError(problem)
 

@@ -6,7 +6,8 @@ each image-caption pair.
 
 Writes OUT/syn_task_triplets.jsonl: every input record plus `syn_id` (its index in the input) and
 `pred` (the raw output, special tokens kept), or `pred: null` and `error: {reason, detail}` when the
-record could not be used (those also go to OUT/syn_task_triplets.rejects.jsonl).
+record could not be used (those also go to OUT/syn_task_triplets.rejects.jsonl), and `image_stat`
+(the image file's size and modification time: later stages see when it was replaced).
 """
 
 from __future__ import annotations
