@@ -278,7 +278,12 @@ def write_json_list(path: str | os.PathLike, records: Iterable[Any], digest: Any
     """
     count = 0
     with atomic_write(path) as fh:
-        write = fh.write if digest is None else lambda text: (fh.write(text), digest.update(text.encode("utf-8")))
+
+        def write(text: str) -> None:
+            fh.write(text)
+            if digest is not None:
+                digest.update(text.encode("utf-8"))
+
         write("[")
         for record in records:
             write(",\n" if count else "\n")

@@ -88,6 +88,20 @@ def test_filter_at_another_max_model_len_or_engine_is_not_resumed(tiny_models, t
     assert "prompt_too_long" not in fresh["rejected"] and sum(fresh["verdicts"].values()) == 2
 
 
+def test_the_ray_executor_resumes_a_local_run(tiny_models, finished, tmp_path):
+    """Executor flags are out of the fingerprint: a finished local synthesis is resumed by Ray (with
+    nothing left to do, Ray never starts), not refused or started over."""
+    pytest.importorskip("ray")
+    pairs, _ = finished
+    out = copy_run(finished, tmp_path)
+    before = (out / TRIPLETS).read_bytes()
+    stats = run_synthesize(SynthesizeArgs(
+        model=str(tiny_models["synthesizer"]), data_path=str(pairs["data_path"]), image_folder=str(pairs["image_folder"]),
+        output_dir=str(out), max_new_tokens=NEW_TOKENS, engine="hf", batch_size=2, decode_threads=1, executor="ray", seed=42,
+    ))
+    assert (out / TRIPLETS).read_bytes() == before and stats["records_in"] == 6
+
+
 # --- a stage-2 run on the tiny models ------------------------------------------------------------
 def run_args(tiny_models, pairs, out, **kw):
     return RunArgs(
