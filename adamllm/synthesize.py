@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,7 +172,16 @@ class SynthesizeStage:
     def changed(self, output: dict) -> bool:
         """Whether a finished record's image is no longer the file it was made from (replaced, or
         there now when it was missing): a resume redoes it."""
-        return IMAGE_STAT in output and image_stat(self.image_path(output)) != output[IMAGE_STAT]
+        if IMAGE_STAT not in output:
+            return False
+        recorded = output[IMAGE_STAT]
+        if recorded is None:  # no usable image then: redone once its path resolves to a file
+            return image_stat(self.image_path(output)) is not None
+        # Its path passed every check when it was made: a stat is enough to see the file replaced (a
+        # resume of millions of records cannot resolve each path again), and a redo checks it anew.
+        images = output.get("images")
+        path = os.path.join(self.args.image_folder, images[0]) if isinstance(images, list) and images and isinstance(images[0], str) else None
+        return image_stat(path) != recorded
 
     def kept(self, output: dict) -> bool:
         return output.get(PRED) is not None
