@@ -3,6 +3,7 @@ run leaves, and OS errors told as a person reads them (the path and the cause)."
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -65,6 +66,15 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a whole file, streamed: an edit anywhere, even one that keeps the size, shows."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def describe_os_error(error: OSError) -> str:

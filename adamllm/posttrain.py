@@ -37,6 +37,7 @@ from adamllm.curate import (
     lacks_logprob_verdicts,
     yes_prob,
 )
+from adamllm.files import file_sha256
 from adamllm.formats import (
     COLLECTED_QA,
     CONSISTENCY,
@@ -61,7 +62,7 @@ from adamllm.formats import (
 from adamllm.images import check_image, check_image_unchanged, resolve_image_path
 from adamllm.parse import Triplet
 from adamllm.prompts import CAPTION_HINT, COT_TEMPLATES, INDICATORS, QA_TEMPLATES, fill_task, strip_special_tokens
-from adamllm.stats import check_made_from, file_record, file_sha256
+from adamllm.stats import check_made_from, file_record
 
 log = logging.getLogger(__name__)
 

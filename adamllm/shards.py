@@ -11,7 +11,6 @@ about the files (named in `adamllm.run_folder`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import heapq
 import json
 import logging
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from adamllm import run_folder
-from adamllm.files import atomic_write
+from adamllm.files import atomic_write, file_sha256
 from adamllm.formats import SYN_ID, json_line, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
@@ -229,11 +228,7 @@ def input_fingerprint(path: str | Path, **settings) -> dict:
     The whole file is hashed, streamed: an edit anywhere, even one that keeps the size, is seen.
     """
     p = Path(path)
-    digest = hashlib.sha256()
-    with open(p, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return {"input": str(p.resolve()), "size": p.stat().st_size, "sha256": digest.hexdigest(), **settings}
+    return {"input": str(p.resolve()), "size": p.stat().st_size, "sha256": file_sha256(p), **settings}
 
 
 def check_resume(stage, count: int, indices: Iterable[int]) -> None:

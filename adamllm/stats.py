@@ -7,16 +7,17 @@ come from one another."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
+from adamllm.files import file_sha256
 from adamllm.formats import read_json_file, write_json
 from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPLETS_FILE
 
 PROVENANCE = "provenance"
 # The stages of a run folder in order, each with the file it writes there (the next one's input).
 CHAIN = (("synthesize", TRIPLETS_FILE), ("filter", FILTERED_FILE), ("format", FINAL_FILE))
+STAGES = [stage for stage, _ in CHAIN]
 
 
 def update_stats(out_dir: str | Path, stage: str, stats: dict, args=None) -> Path:
@@ -29,15 +30,6 @@ def update_stats(out_dir: str | Path, stage: str, stats: dict, args=None) -> Pat
     data[stage] = entry
     write_json(path, data)
     return path
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a whole file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def provenance(fingerprint: dict, output: Path, digest) -> dict:
@@ -70,15 +62,14 @@ def chain_problem(out_dir: Path, stats: dict, observed: dict[str, str], upto: st
     Each stage (before `upto`, or all) must have read what the stage before it last wrote, and each
     file in `observed` ({file name: its sha256 now}) must be what its stage wrote.
     """
-    stages = [stage for stage, _ in CHAIN]
     before = None
-    for i, (stage, name) in enumerate(CHAIN[:stages.index(upto) if upto else None]):
+    for i, (stage, name) in enumerate(CHAIN[:STAGES.index(upto) if upto else None]):
         record = _recorded(stats, stage)
         if record is None:
             before = None
             continue
         if before is not None and record["input"] != before["output"]:
-            return _stale(out_dir, i, upto, f"`adamllm {stage}` read another {CHAIN[i - 1][1]} than the one `adamllm {stages[i - 1]}` last wrote")
+            return _stale(out_dir, i, upto, f"`adamllm {stage}` read another {CHAIN[i - 1][1]} than the one `adamllm {STAGES[i - 1]}` last wrote")
         if name in observed and observed[name] != record["output"]:
             return _stale(out_dir, i, upto, f"{name} is not the file `adamllm {stage}` wrote (it was edited or replaced since)")
         before = record
@@ -87,10 +78,9 @@ def chain_problem(out_dir: Path, stats: dict, observed: dict[str, str], upto: st
 
 def _stale(out_dir: Path, first: int, upto: str, why: str) -> str:
     """The message for a folder whose files from stage `first` on (up to `upto`) are stale."""
-    stages = [stage for stage, _ in CHAIN]
-    last = stages.index(upto) if upto else len(stages)
+    last = STAGES.index(upto) if upto else len(STAGES)
     stale = [str(out_dir / name) for _, name in CHAIN[first:last] if (out_dir / name).exists()]
-    todo = [f"`adamllm {stage}{' --overwrite' if stage != 'format' else ''}`" for stage in stages[first:last + 1]]
+    todo = [f"`adamllm {stage}{' --overwrite' if stage != 'format' else ''}`" for stage in STAGES[first:last + 1]]
     return (
         f"{out_dir} does not hold one run: {why}, so {', '.join(stale) or 'its later files'} {'is' if len(stale) == 1 else 'are'} stale "
         f"({STATS_FILE} records what each stage read and wrote). Rerun {', then '.join(todo)} into {out_dir}, "
@@ -103,8 +93,7 @@ def check_made_from(data_path: str | Path, sha256: str, stage: str) -> None:
     before it writes in a run folder, the folder's stages up to it must chain and the file be the
     one its stage wrote; ValueError naming the stale files and the fix otherwise."""
     path = Path(data_path).resolve()
-    stages = [s for s, _ in CHAIN]
-    name = CHAIN[stages.index(stage) - 1][1]
+    name = CHAIN[STAGES.index(stage) - 1][1]
     stats_path = path.parent / STATS_FILE
     if path.name != name or not stats_path.is_file():
         return
