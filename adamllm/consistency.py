@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamllm import run_folder
-from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args, output_settings
+from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args
 from adamllm.formats import (
     COLLECTED_QA,
     CONSISTENCY,
@@ -35,8 +35,8 @@ from adamllm.formats import (
 from adamllm.parse import collect_triplet, parse_pairs, parse_verdict
 from adamllm.prompts import check_filter_template, default_filter_template, filter_prompt
 from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
-from adamllm.shards import input_fingerprint
-from adamllm.stats import update_stats
+from adamllm.shards import stage_fingerprint
+from adamllm.stats import PROVENANCE, check_made_from, provenance, update_stats
 from adamllm.tokens import count_tokens
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ class FilterStage:
         self.pending: dict[int, dict] = {}  # collected records waiting for their verdict
         self.tokenizer = None  # the checker's, once loaded: prompts longer than the engine takes are rejected
         self.room = 0  # prompt tokens the engine takes: --max_model_len less the verdict's tokens
+        self._fingerprint: dict | None = None
 
     def records(self):
         last = -1
@@ -132,11 +133,9 @@ class FilterStage:
             yield syn_id, record
 
     def fingerprint(self) -> dict:
-        a = self.args
-        return input_fingerprint(
-            a.data_path, model=a.model, mode=a.mode, prompt_sha256=hashlib.sha256(self.template.encode()).hexdigest(),
-            **output_settings(a),
-        )
+        if self._fingerprint is None:  # the input is hashed once: stats.json records it too
+            self._fingerprint = stage_fingerprint(self.args, prompt_sha256=hashlib.sha256(self.template.encode()).hexdigest())
+        return self._fingerprint
 
     def load(self):
         # A run whose records hold no triplet at all (a failed synthesis) never pays for loading the
@@ -197,13 +196,13 @@ class FilterStage:
         pass
 
 
-def tally(output: Path) -> dict:
+def tally(output: Path, digest=None) -> dict:
     """Counts of the merged output. Records the checker could not judge (no triplet, too long) also
     go to the rejects file with their reason; judged ones stay in the output with their verdict."""
     verdicts: Counter = Counter()
     rejects = Rejects(run_folder.rejects_path(output))
     n = 0
-    for record in read_jsonl(output):
+    for record in read_jsonl(output, digest):
         n += 1
         if record[CONSISTENCY] is not None:
             verdicts[record[CONSISTENCY]] += 1
@@ -225,11 +224,15 @@ def tally(output: Path) -> dict:
 
 def run_filter(args: FilterArgs) -> dict | None:
     """Run (or resume) the consistency filter; the stage's stats, or None while shards still run."""
-    costs = run_stage(FilterStage(args))
+    stage = FilterStage(args)
+    check_made_from(args.data_path, stage.fingerprint()["sha256"], "filter")
+    costs = run_stage(stage)
     if costs is None:
         return None
     out_dir = Path(args.output_dir)
-    stats = {**tally(out_dir / OUTPUT_FILE), **costs}
+    digest = hashlib.sha256()
+    stats = {**tally(out_dir / OUTPUT_FILE, digest), **costs}
     stats["prompt_tokens_computed"] = stats.get("prompt_tokens", 0) - stats.get("cached_prompt_tokens", 0)
+    stats[PROVENANCE] = provenance(stage.fingerprint(), out_dir / OUTPUT_FILE, digest)
     update_stats(out_dir, "filter", stats, args)
     return stats

@@ -46,9 +46,10 @@ from adamllm.curate import LOGPROBS, yes_prob
 from adamllm.dataset_card import CARD_FILE, dataset_card, stage_args
 from adamllm.files import clean_stale_tmp, tmp_path, tmp_pattern
 from adamllm.formats import COLLECTED_QA, CONSISTENCY, SYN_ID, RecordError, Rejects, parse_caption_pair, read_json_file, read_run_records, write_json
-from adamllm.images import read_image_bytes, resolve_image_path, trusted_image_folder
+from adamllm.images import check_image_unchanged, read_image_bytes, resolve_image_path, trusted_image_folder
 from adamllm.posttrain import kept_triplet
 from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, curation_path, rejects_path
+from adamllm.stats import check_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,9 @@ def _row(record: dict, final: Any, curated: dict | None, folder: str) -> dict:
             f"the post-training record for syn_id {record.get(SYN_ID)!r} names image {_final_image(final)!r}, its filtered record "
             f"{image!r}: the files are not from the same format run; rerun `adamllm format`, then export"
         )
-    data = read_image_bytes(resolve_image_path(folder, image))
+    path = resolve_image_path(folder, image)
+    check_image_unchanged(record, path)
+    data = read_image_bytes(path)
     qa = record.get(COLLECTED_QA) if isinstance(record.get(COLLECTED_QA), dict) else {}
     triplet, missing = kept_triplet(record)
     reason = curated.get("reason") if curated else ("" if triplet is not None else missing)
@@ -278,6 +281,7 @@ def run_export(args: ExportArgs) -> ExportSummary:
     stats = read_json_file(out / STATS_FILE)
     if not isinstance(stats, dict):
         raise ValueError(f"{out / STATS_FILE} is not a JSON object of stages")
+    check_run_folder(out, stats)
     folder = image_folder(args, stats)
     check_join(out)
 

@@ -153,6 +153,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a whole file, streamed: an edit anywhere, even one that keeps the size, shows."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def describe_os_error(error: OSError) -> str:
     """An OS error as a person reads it: the path(s) and the cause, no traceback."""
     where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)

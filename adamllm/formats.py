@@ -34,6 +34,7 @@ CONSISTENCY = "consistency"
 ERROR = "error"  # {"reason", "detail"} of a record a stage could not use
 # The largest syn_id: the export's int64 column (and most readers outside Python) hold no more.
 MAX_SYN_ID = 2**63 - 1
+IMAGE_STAT = "image_stat"  # {"size", "mtime_ns"} of the image file a synthesized record was made from
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +241,18 @@ def iter_input_records(path: str | os.PathLike) -> Iterator[Any]:
         log.warning("%s holds no records: nothing to do", path)
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """The records of a JSONL file (stage-2 intermediate files, rejects files)."""
-    yield from iter_json_records(path)
+def read_jsonl(path: str | os.PathLike, digest: Any = None) -> Iterator[dict]:
+    """The records of a JSONL file (stage-2 intermediate files, rejects files). With a hashlib
+    `digest`, the file's bytes are fed to it as they are read: a stage hashes its output in the
+    pass that counts it."""
+    if digest is None:
+        yield from iter_json_records(path)
+        return
+    with open(path, "rb") as fh:
+        for line in fh:
+            digest.update(line)
+            if line.strip():
+                yield json.loads(line)
 
 
 @dataclass(frozen=True)
@@ -376,19 +386,26 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_json_list(path: str | os.PathLike, records: Iterable[Any]) -> int:
+def write_json_list(path: str | os.PathLike, records: Iterable[Any], digest: Any = None) -> int:
     """Write records as a JSON list, one per line, streaming; atomic (a temp file, then rename).
+    With a hashlib `digest`, the file's bytes are fed to it as they are written.
 
     Returns the number of records written.
     """
     count = 0
     with atomic_write(path) as fh:
-        fh.write("[")
+
+        def write(text: str) -> None:
+            fh.write(text)
+            if digest is not None:
+                digest.update(text.encode("utf-8"))
+
+        write("[")
         for record in records:
-            fh.write(",\n" if count else "\n")
-            fh.write(json_line(record))
+            write(",\n" if count else "\n")
+            write(json_line(record))
             count += 1
-        fh.write("\n]\n")
+        write("\n]\n")
     return count
 
 

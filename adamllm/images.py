@@ -7,11 +7,12 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from adamllm.formats import RecordError
+from adamllm.formats import IMAGE_STAT, RecordError
 
 # Decompression-bomb cap: a 16-bit PNG of a few KB can claim 50,000 x 50,000 pixels. The largest
 # anyres grid of LLaVA-NeXT is 672 x 672 per tile; 64 Mpx leaves ample room for real photos and scans.
@@ -64,6 +65,31 @@ def resolve_image_path(image_folder: str | os.PathLike, relative: str) -> Path:
         detail = getattr(e, "strerror", None) or "a symlink loop"
         raise RecordError("unsafe_image_path", f"image path {relative[:200]!r} cannot be resolved ({detail})") from None
     return target
+
+
+def image_stat(path: str | os.PathLike | None) -> dict | None:
+    """The image file a record's output is made from, as a later stage checks it cheaply: its size
+    and modification time (None: no such file)."""
+    try:
+        st = os.stat(path) if path is not None else None
+    except OSError:
+        st = None
+    return None if st is None else {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def check_image_unchanged(record: Any, path: str | os.PathLike) -> None:
+    """RecordError `image_changed` when `path` is no longer the image the record's task was
+    synthesized from (the `image_stat` synthesis recorded); records without one are not checked."""
+    recorded = record.get(IMAGE_STAT) if isinstance(record, dict) else None
+    if not isinstance(recorded, dict):
+        return
+    now = image_stat(path)
+    if now != recorded:
+        raise RecordError(
+            "image_changed",
+            f"{path} is not the image this record's task was written about (synthesis saw {recorded}, now {now}): "
+            "rerun synthesize into the run folder (it redoes records whose image changed), then filter --overwrite and format",
+        )
 
 
 def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:

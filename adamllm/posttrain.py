@@ -16,6 +16,7 @@ caption task; each such record is listed, with why, in OUTPUT's `.curation.jsonl
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -36,6 +37,7 @@ from adamllm.curate import (
     lacks_logprob_verdicts,
     yes_prob,
 )
+from adamllm.files import file_sha256
 from adamllm.formats import (
     COLLECTED_QA,
     CONSISTENCY,
@@ -60,9 +62,10 @@ from adamllm.formats import (
     write_json_list,
 )
 from adamllm.files import clean_stale_tmp, replaced_together, tmp_pattern
-from adamllm.images import check_image, resolve_image_path
+from adamllm.images import check_image, check_image_unchanged, resolve_image_path
 from adamllm.parse import Triplet
 from adamllm.prompts import CAPTION_HINT, COT_TEMPLATES, INDICATORS, QA_TEMPLATES, fill_task, strip_special_tokens
+from adamllm.stats import check_made_from, file_record
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +158,7 @@ class FormatSummary:
     output: str = ""
     rejects_file: str = ""
     curation: dict = field(default_factory=dict)  # --dedup / --min_yes_prob counts (empty without them)
+    provenance: dict = field(default_factory=dict)  # path, size, sha256 of the input read and the output written
 
 
 def record_syn_id(record: dict, index: int, seen: set[int]) -> int:
@@ -186,7 +190,9 @@ def examine(record, index: int, args: FormatArgs, seen: set[int]) -> Examined:
 
     Both passes of `--dedup` call this, so they agree on every record."""
     pair = parse_caption_pair(record)
-    check_image(resolve_image_path(args.image_folder, pair.image))
+    image = resolve_image_path(args.image_folder, pair.image)
+    check_image(image)
+    check_image_unchanged(record, image)
     syn_id = record_syn_id(record, index, seen)
     triplet, missing = kept_triplet(record)
     found = Examined(pair, syn_id, triplet, missing, question=triplet.Q if triplet is not None else "")
@@ -309,6 +315,8 @@ def run_format(args: FormatArgs) -> FormatSummary:
     files = (output, run_folder.summary_path(output), out_dir / run_folder.DATASET_INFO_FILE, run_folder.rejects_path(output), run_folder.curation_path(output))
     clean_stale_tmp(out_dir, tuple(tmp_pattern(f) for f in files))  # what a killed run of this command left
     read_dataset_info(files[2])  # a damaged one is named before any work
+    source = file_record(args.data_path, file_sha256(args.data_path))
+    check_made_from(args.data_path, source["sha256"], "format")
     check_curation_input(args)
     deduper = scan_questions(args) if args.dedup != "none" else None
     curating = deduper is not None or args.min_yes_prob > 0
@@ -328,8 +336,9 @@ def run_format(args: FormatArgs) -> FormatSummary:
                     continue
                 yield built
 
+        digest = hashlib.sha256()
         try:
-            summary.records_out = write_json_list(tmp_output, records())
+            summary.records_out = write_json_list(tmp_output, records(), digest)
         finally:
             rejects.close()
             curation.close()
@@ -338,6 +347,7 @@ def run_format(args: FormatArgs) -> FormatSummary:
         summary.rejected = dict(rejects.counts)
         summary.rejects_file = str(files[3]) if rejects.total else ""
         summary.curation = curation_summary(args, deduper, summary, curation)
+        summary.provenance = {"input": source, "output": file_record(tmp_output, digest.hexdigest(), output)}
         update_dataset_info(out_dir, stem, dataset_info_entry(output.name, args.style), into=tmp_info)
         write_json(tmp_summary, asdict(summary))
     log.info(

@@ -35,6 +35,7 @@ from adamllm.parse import parse_pairs
 from adamllm.report_html import render
 from adamllm.report_summary import CARDS_PER_GROUP, TRIPLET_KEYS, Card, Sample, Summary
 from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, REPORT_FILE, STATS_FILE, TRIPLETS_FILE, curation_path, fingerprint_files, rejects_path
+from adamllm.stats import check_run_folder
 
 THUMBNAIL = 160
 
@@ -222,6 +223,7 @@ def write_report(out_dir: str | Path, image_folder: str = "", cards_per_group: i
     if not (out / FILTERED_FILE).exists() or not stats_path.exists():
         raise ValueError(f"{out} holds no finished stage-2 run (no {FILTERED_FILE} or {STATS_FILE}); run `adamllm run` first")
     stats = load_stats(stats_path)
+    check_run_folder(out, stats)
     folder, note = choose_image_folder(out, stats, image_folder)
     sample = Sample(cards_per_group, seed)
     summary = load_cards(out, sample)

@@ -8,7 +8,7 @@ A stage-2 output folder (OUTPUT_DIR) holds:
     image_caption_and_synthetic_task.json   stage 2c (+ .rejects.jsonl, .summary.json, dataset_info.json,
                                        and .curation.jsonl when --dedup / --min_yes_prob removed a task)
     prompts.jsonl                      synthesize --dry_run (+ .rejects.jsonl)
-    stats.json                         counts, times and tokens of every stage
+    stats.json                         counts, times and tokens of every stage, and what each read and wrote
     report.html                        adamllm report
     shards/                            work in progress of the model stages:
         <stem>.<I>-of-<K>.jsonl            finished records of shard I of K, in syn_id order

@@ -10,7 +10,7 @@ about the files (named in `adamllm.run_folder`).
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import heapq
 import json
 import logging
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from adamllm import run_folder
-from adamllm.files import atomic_write
+from adamllm.files import atomic_write, file_sha256
 from adamllm.formats import SYN_ID, json_line, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,55 @@ def recover(path: Path) -> list[int]:
         log.warning("%s: dropping an unfinished last line (%d bytes) left by an interrupted run", path, size - good)
         with open(path, "r+b") as fh:
             fh.truncate(good)
+    if any(a >= b for a, b in zip(ids, ids[1:])):
+        _sort_runs(path)
+        ids.sort()
     return ids
+
+
+def _sort_runs(path: Path) -> None:
+    """Merge a shard file's runs of increasing syn_ids into one. A resume that redid records (see
+    `drop_changed`) appended them after later ones; the merge needs each shard file in order."""
+    runs, start, offset, last = [], 0, 0, None
+    with open(path, "rb") as fh:
+        for line in fh:
+            if line.strip():
+                syn_id = json.loads(line)[SYN_ID]
+                if last is not None and syn_id <= last:
+                    runs.append((start, offset))
+                    start = offset
+                last = syn_id
+            offset += len(line)
+    runs.append((start, offset))
+
+    def read(lo: int, hi: int) -> Iterator[tuple[int, str]]:
+        with open(path, "rb") as fh:
+            fh.seek(lo)
+            while fh.tell() < hi:
+                line = fh.readline()
+                if line.strip():
+                    yield json.loads(line)[SYN_ID], line.decode("utf-8")
+
+    with atomic_write(path) as out:
+        for _, line in heapq.merge(*(read(lo, hi) for lo, hi in runs), key=lambda item: item[0]):
+            out.write(line)
+
+
+def drop_changed(stage, path: Path) -> int:
+    """Remove from a shard file the finished records the stage says are stale (`stage.changed`: the
+    image a synthesized record was made from was replaced since), so a resume redoes them."""
+    changed = getattr(stage, "changed", None)
+    if changed is None or not path.exists():
+        return 0
+    with open(path, "rb") as fh:
+        stale = {r[SYN_ID] for r in (json.loads(line) for line in fh if line.endswith(b"\n") and line.strip()) if changed(r)}
+    if stale:
+        log.info("%s: redoing %d finished records whose image changed since they were made", path, len(stale))
+        with open(path, "rb") as fh, atomic_write(path) as out:
+            for line in fh:
+                if line.endswith(b"\n") and line.strip() and json.loads(line)[SYN_ID] not in stale:
+                    out.write(line.decode("utf-8"))
+    return len(stale)
 
 
 class ShardWriter:
@@ -144,6 +192,35 @@ def sum_stats(stats: list[dict]) -> dict:
     return total
 
 
+# Argument fields that cannot change an output record, and why. Every other field of a stage's
+# argument dataclass is in its fingerprint (`stage_fingerprint`): a flag added later is in it by
+# default, so a resume with another value of it starts over instead of mixing outputs.
+NOT_FINGERPRINTED = {
+    "data_path": "the input file is fingerprinted itself: its resolved path, size and sha256",
+    "prompt_file": "its text is fingerprinted instead (prompt_sha256): the file may move",
+    "output_dir": "where the records go, not what they hold",
+    "overwrite": "whether to start over, not what is written",
+    "num_shards": "which records run together; each shard count has its own fingerprint file",
+    "shard_index": "which shard this process runs",
+    "shard_timeout_s": "when a worker is ended; a record is written whole or not at all",
+    "executor": "local and Ray run the same batch function into the same shard file",
+    "ray_address": "where Ray runs",
+    "num_workers": "how many Ray actors run",
+    "batch_size": "records per engine call: the same outputs (tests/test_stage2.py, docs/gpu.md)",
+    "max_batch_pixels": "a batch goes to the engine in parts, each image whole: the same outputs (tests/test_hostile_stages.py)",
+    "decode_threads": "who decodes the images, not how",
+    "prefix_caching": "docs/gpu.md: identical outputs with and without",
+    "mm_processor_cache_gb": "a cache of processed images: an image is processed the same either way",
+}
+
+
+def stage_fingerprint(args, **extra) -> dict:
+    """What a model stage's results depend on: its input file (`args.data_path`) and every field of
+    its argument dataclass but those in NOT_FINGERPRINTED, with `extra` values (a prompt's hash)."""
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name not in NOT_FINGERPRINTED}
+    return input_fingerprint(args.data_path, **settings, **extra)
+
+
 def input_fingerprint(path: str | Path, **settings) -> dict:
     """What a stage's results depend on: its input file (path, size, a hash of all its bytes) and
     the settings that change the output (model, limits, prompt).
@@ -151,11 +228,16 @@ def input_fingerprint(path: str | Path, **settings) -> dict:
     The whole file is hashed, streamed: an edit anywhere, even one that keeps the size, is seen.
     """
     p = Path(path)
-    digest = hashlib.sha256()
-    with open(p, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return {"input": str(p.resolve()), "size": p.stat().st_size, "sha256": digest.hexdigest(), **settings}
+    return {"input": str(p.resolve()), "size": p.stat().st_size, "sha256": file_sha256(p), **settings}
+
+
+def check_resume(stage, count: int, indices: Iterable[int]) -> None:
+    """Before a stage runs shards `indices` of `count`: start over what was made for other input or
+    settings (`check_fingerprint`), and redo what this process's shards hold that went stale."""
+    out_dir = Path(stage.args.output_dir)
+    check_fingerprint(out_dir, stage.output_file, count, stage.fingerprint(), stage.args.overwrite)
+    for index in indices:
+        drop_changed(stage, Shard(index, count).path(out_dir, stage.output_file))
 
 
 def _complete_lines(path: Path) -> int:

@@ -46,7 +46,9 @@ class Stage(Protocol):
         """Add what the stage counted while preparing the last batch (beyond engine time and tokens)."""
 
     # Optional: `image_path(record) -> Path | None`, the image a record's request will carry (None when
-    # it has none or is unusable), so executors can decode the next batch's images ahead of time.
+    # it has none or is unusable), so executors can decode the next batch's images ahead of time; and
+    # `changed(output) -> bool`, whether a finished output went stale (its image was replaced), so a
+    # resume redoes it (adamllm.shards.check_resume).
 
 
 @dataclass

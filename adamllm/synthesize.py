@@ -6,20 +6,24 @@ each image-caption pair.
 
 Writes OUT/syn_task_triplets.jsonl: every input record plus `syn_id` (its index in the input) and
 `pred` (the raw output, special tokens kept), or `pred: null` and `error: {reason, detail}` when the
-record could not be used (those also go to OUT/syn_task_triplets.rejects.jsonl).
+record could not be used (those also go to OUT/syn_task_triplets.rejects.jsonl), and `image_stat`
+(the image file's size and modification time: later stages see when it was replaced).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamllm import run_folder
-from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args, output_settings
+from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args
 from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
 from adamllm.formats import (
     ERROR,
+    IMAGE_STAT,
     PRED,
     SYN_ID,
     CaptionPair,
@@ -32,12 +36,12 @@ from adamllm.formats import (
     read_jsonl,
 )
 from adamllm.files import atomic_write
-from adamllm.images import image_size, open_image, resolve_image_path
+from adamllm.images import image_size, image_stat, open_image, resolve_image_path
 from adamllm.model_io import check_processor, image_token_count
 from adamllm.prompts import EOS, synthesizer_prompt
-from adamllm.shards import input_fingerprint
+from adamllm.shards import stage_fingerprint
 from adamllm.stage import add
-from adamllm.stats import update_stats
+from adamllm.stats import PROVENANCE, provenance, update_stats
 from adamllm.tokens import count_tokens
 
 log = logging.getLogger(__name__)
@@ -135,16 +139,15 @@ class SynthesizeStage:
         self.prompter: Prompter | None = None
         self.stripped = 0  # special-token pieces stripped from the records prepared in this worker
         self.extra_turns = 0  # message turns after the caption, which the synthesizer does not see
+        self._fingerprint: dict | None = None
 
     def records(self):
         return input_records(self.args)
 
     def fingerprint(self) -> dict:
-        a = self.args
-        return input_fingerprint(
-            a.data_path, image_folder=a.image_folder, model=a.model, limit=a.limit,
-            max_new_tokens=a.max_new_tokens, max_model_len=a.max_model_len, **output_settings(a),
-        )
+        if self._fingerprint is None:  # the input is hashed once: stats.json records it too
+            self._fingerprint = stage_fingerprint(self.args)
+        return self._fingerprint
 
     def load(self):
         engine = build_engine(self.args, multimodal=True)
@@ -172,10 +175,24 @@ class SynthesizeStage:
             return None  # rejected with its reason when its batch runs
 
     def finish(self, syn_id: int, record, generation: Generation) -> dict:
-        return {**record, SYN_ID: syn_id, PRED: generation.text}
+        return {**record, SYN_ID: syn_id, PRED: generation.text, IMAGE_STAT: image_stat(self.image_path(record))}
 
     def reject(self, syn_id: int, record, error: RecordError) -> dict:
-        return rejected(syn_id, record, error)
+        return {**rejected(syn_id, record, error), IMAGE_STAT: image_stat(self.image_path(record))}
+
+    def changed(self, output: dict) -> bool:
+        """Whether a finished record's image is no longer the file it was made from (replaced, or
+        there now when it was missing): a resume redoes it."""
+        if IMAGE_STAT not in output:
+            return False
+        recorded = output[IMAGE_STAT]
+        if recorded is None:  # no usable image then: redone once its path resolves to a file
+            return image_stat(self.image_path(output)) is not None
+        # Its path passed every check when it was made: a stat is enough to see the file replaced (a
+        # resume of millions of records cannot resolve each path again), and a redo checks it anew.
+        images = output.get("images")
+        path = os.path.join(self.args.image_folder, images[0]) if isinstance(images, list) and images and isinstance(images[0], str) else None
+        return image_stat(path) != recorded
 
     def kept(self, output: dict) -> bool:
         return output.get(PRED) is not None
@@ -213,11 +230,11 @@ def dry_run(args: SynthesizeArgs) -> dict:
     }
 
 
-def tally(output: Path) -> dict:
+def tally(output: Path, digest=None) -> dict:
     """Counts of the merged output, and its rejects file: records in = with pred + rejected."""
     rejects = Rejects(run_folder.rejects_path(output))
     n_in = n_out = 0
-    for record in read_jsonl(output):
+    for record in read_jsonl(output, digest):
         n_in += 1
         if record.get(PRED) is None:
             rejects.add(error_reason(record), record[ERROR]["detail"], record, syn_id=record[SYN_ID])
@@ -231,11 +248,14 @@ def run_synthesize(args: SynthesizeArgs) -> dict | None:
     """Run (or resume) synthesis; the stage's stats, or None while other shards are still running."""
     if args.dry_run:
         return dry_run(args)
-    costs = run_stage(SynthesizeStage(args))
+    stage = SynthesizeStage(args)
+    costs = run_stage(stage)
     if costs is None:
         log.info("synthesize: shard done; the last shard to finish merges")
         return None
     out_dir = Path(args.output_dir)
-    stats = {**tally(out_dir / OUTPUT_FILE), **costs}
+    digest = hashlib.sha256()
+    stats = {**tally(out_dir / OUTPUT_FILE, digest), **costs}
+    stats[PROVENANCE] = provenance(stage.fingerprint(), out_dir / OUTPUT_FILE, digest)
     update_stats(out_dir, "synthesize", stats, args)
     return stats

