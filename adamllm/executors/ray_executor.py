@@ -14,6 +14,7 @@ retries its batch; a record that fails inside an actor is rejected with its reas
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -88,14 +89,16 @@ def run_ray(stage: Stage) -> None:
     marker = run_folder.done_marker(path)
     marker.unlink(missing_ok=True)
     done = set(recover(path))
-    total = sum(1 for _ in stage.records())  # streamed: checks the input, lists nothing
-    todo = total - len(done)
+    total = todo = 0
+    for syn_id, _ in stage.records():  # streamed: checks the input, lists nothing
+        total += 1
+        todo += syn_id not in done
     stats_path = stats_file(path)
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     nodes = set(stats.pop("nodes", []))
     if todo:
         _connect(args.ray_address)
-        dataset = _dataset(stage, total, done)
+        dataset = _dataset(stage, todo, done)
         writer = ShardWriter(path)
         n_kept = 0
         start = time.monotonic()
@@ -147,8 +150,8 @@ def _connect(address: str) -> None:
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
 
 
-def _dataset(stage: Stage, total: int, done: set[int]):
-    """Records not yet done, read on the cluster in syn_id ranges, mapped by a pool of StageActors."""
+def _dataset(stage: Stage, todo: int, done: set[int]):
+    """The `todo` records not yet done, read on the cluster in slices, mapped by a pool of StageActors."""
     import ray
 
     args = stage.args
@@ -161,8 +164,8 @@ def _dataset(stage: Stage, total: int, done: set[int]):
             f"--num_workers {workers}: the Ray cluster has {have} {'GPUs' if gpus else 'CPUs'}, one per worker; "
             "lower --num_workers or add nodes"
         )
-    n_tasks = max(1, min(MAX_READ_TASKS, (total - len(done)) // args.batch_size + 1))
-    source = _RecordSource(stage, total, done, n_tasks)
+    n_tasks = max(1, min(MAX_READ_TASKS, todo // args.batch_size + 1))
+    source = _RecordSource(stage, todo, done, n_tasks)
     # Reads claim no CPU: with every CPU held by an engine actor they must still run, or, the order
     # of blocks being preserved, the actors would wait for a read that waits for a CPU.
     dataset = ray.data.read_datasource(source, override_num_blocks=n_tasks, num_cpus=0)
@@ -185,11 +188,12 @@ def _actor_class(stage: Stage) -> type:
 
 
 class _RecordSource(Datasource):
-    """The stage's records as Ray Data blocks: read task k streams the input and keeps its own syn_id
-    range (records come in increasing syn_id order, so it stops at the range's end)."""
+    """The stage's records not yet done as Ray Data blocks: read task k streams the input and keeps
+    the k-th slice of those records, counted by their place among them, never by syn_id value (an
+    input's syn_ids need not be 0..N-1: a subset, a file with lines removed)."""
 
-    def __init__(self, stage: Stage, total: int, done: set[int], n_tasks: int):
-        self.stage, self.total, self.done, self.n_tasks = stage, total, done, n_tasks
+    def __init__(self, stage: Stage, todo: int, done: set[int], n_tasks: int):
+        self.stage, self.todo, self.done, self.n_tasks = stage, todo, done, n_tasks
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -198,27 +202,23 @@ class _RecordSource(Datasource):
         from ray.data import ReadTask
         from ray.data.block import BlockMetadata
 
-        bounds = [self.total * k // self.n_tasks for k in range(self.n_tasks + 1)]
-        tasks = []
-        for lo, hi in zip(bounds, bounds[1:]):
-            done = {i for i in self.done if lo <= i < hi}
-            if hi - lo - len(done) <= 0:
-                continue
-            metadata = BlockMetadata(num_rows=hi - lo - len(done), size_bytes=None, exec_stats=None, input_files=None)
-            tasks.append(ReadTask(_reader(self.stage, lo, hi, done), metadata))
-        return tasks
+        bounds = [self.todo * k // self.n_tasks for k in range(self.n_tasks + 1)]
+        return [
+            ReadTask(_reader(self.stage, lo, hi, self.done), BlockMetadata(num_rows=hi - lo, size_bytes=None, exec_stats=None, input_files=None))
+            for lo, hi in zip(bounds, bounds[1:])
+            if hi > lo
+        ]
 
 
 def _reader(stage: Stage, lo: int, hi: int, done: set[int], rows_per_block: int = 256):
+    """Records lo..hi-1 among those not in `done`, in input order."""
+
     def read():
         import pyarrow as pa
 
         ids, texts = [], []
-        for syn_id, record in stage.records():
-            if syn_id >= hi:
-                break
-            if syn_id < lo or syn_id in done:
-                continue
+        todo = (item for item in stage.records() if item[0] not in done)
+        for syn_id, record in itertools.islice(todo, lo, hi):
             ids.append(syn_id)
             texts.append(json_line(record))
             if len(ids) == rows_per_block:
