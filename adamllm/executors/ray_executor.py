@@ -14,7 +14,6 @@ retries its batch; a record that fails inside an actor is rejected with its reas
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -89,10 +88,11 @@ def run_ray(stage: Stage) -> None:
     marker = run_folder.done_marker(path)
     marker.unlink(missing_ok=True)
     done = set(recover(path))
-    total = todo = 0
-    for syn_id, _ in stage.records():  # streamed: checks the input, lists nothing
+    total, todo = 0, []  # the syn_ids still to do: where the read tasks' slices begin and end
+    for syn_id, _ in stage.records():  # streamed: checks the input, keeps no record
         total += 1
-        todo += syn_id not in done
+        if syn_id not in done:
+            todo.append(syn_id)
     stats_path = stats_file(path)
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     nodes = set(stats.pop("nodes", []))
@@ -150,8 +150,9 @@ def _connect(address: str) -> None:
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
 
 
-def _dataset(stage: Stage, todo: int, done: set[int]):
-    """The `todo` records not yet done, read on the cluster in slices, mapped by a pool of StageActors."""
+def _dataset(stage: Stage, todo: list[int], done: set[int]):
+    """The records not yet done (`todo`: their syn_ids), read on the cluster in slices, mapped by a
+    pool of StageActors."""
     import ray
 
     args = stage.args
@@ -164,7 +165,7 @@ def _dataset(stage: Stage, todo: int, done: set[int]):
             f"--num_workers {workers}: the Ray cluster has {have} {'GPUs' if gpus else 'CPUs'}, one per worker; "
             "lower --num_workers or add nodes"
         )
-    n_tasks = max(1, min(MAX_READ_TASKS, todo // args.batch_size + 1))
+    n_tasks = max(1, min(MAX_READ_TASKS, len(todo) // args.batch_size + 1))
     source = _RecordSource(stage, todo, done, n_tasks)
     # Reads claim no CPU: with every CPU held by an engine actor they must still run, or, the order
     # of blocks being preserved, the actors would wait for a read that waits for a CPU.
@@ -189,10 +190,11 @@ def _actor_class(stage: Stage) -> type:
 
 class _RecordSource(Datasource):
     """The stage's records not yet done as Ray Data blocks: read task k streams the input and keeps
-    the k-th slice of those records, counted by their place among them, never by syn_id value (an
-    input's syn_ids need not be 0..N-1: a subset, a file with lines removed)."""
+    the k-th slice of those records, cut by their count, not by syn_id value (an input's syn_ids
+    need not be 0..N-1: a subset, a file with lines removed). Records come in increasing syn_id
+    order (both stages check it), so a slice is the records from its first syn_id to its last."""
 
-    def __init__(self, stage: Stage, todo: int, done: set[int], n_tasks: int):
+    def __init__(self, stage: Stage, todo: list[int], done: set[int], n_tasks: int):
         self.stage, self.todo, self.done, self.n_tasks = stage, todo, done, n_tasks
 
     def estimate_inmemory_data_size(self) -> int | None:
@@ -202,23 +204,30 @@ class _RecordSource(Datasource):
         from ray.data import ReadTask
         from ray.data.block import BlockMetadata
 
-        bounds = [self.todo * k // self.n_tasks for k in range(self.n_tasks + 1)]
-        return [
-            ReadTask(_reader(self.stage, lo, hi, self.done), BlockMetadata(num_rows=hi - lo, size_bytes=None, exec_stats=None, input_files=None))
-            for lo, hi in zip(bounds, bounds[1:])
-            if hi > lo
-        ]
+        bounds = [len(self.todo) * k // self.n_tasks for k in range(self.n_tasks + 1)]
+        tasks = []
+        for lo, hi in zip(bounds, bounds[1:]):
+            if hi == lo:
+                continue
+            first, last = self.todo[lo], self.todo[hi - 1]
+            done = {i for i in self.done if first < i < last}  # each task carries only its part
+            metadata = BlockMetadata(num_rows=hi - lo, size_bytes=None, exec_stats=None, input_files=None)
+            tasks.append(ReadTask(_reader(self.stage, first, last, done), metadata))
+        return tasks
 
 
-def _reader(stage: Stage, lo: int, hi: int, done: set[int], rows_per_block: int = 256):
-    """Records lo..hi-1 among those not in `done`, in input order."""
+def _reader(stage: Stage, first: int, last: int, done: set[int], rows_per_block: int = 256):
+    """The records from syn_id `first` to `last` not in `done`."""
 
     def read():
         import pyarrow as pa
 
         ids, texts = [], []
-        todo = (item for item in stage.records() if item[0] not in done)
-        for syn_id, record in itertools.islice(todo, lo, hi):
+        for syn_id, record in stage.records():
+            if syn_id > last:
+                break
+            if syn_id < first or syn_id in done:
+                continue
             ids.append(syn_id)
             texts.append(json_line(record))
             if len(ids) == rows_per_block:
