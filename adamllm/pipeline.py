@@ -18,12 +18,12 @@ from pathlib import Path
 from adamllm.consistency import MODES, FilterArgs, check_prompt_file, run_filter
 from adamllm.engines import EngineSettings, check_engine_settings
 from adamllm.executors import ExecutorArgs, check_executor_args
-from adamllm.files import describe_os_error
+from adamllm.files import describe_os_error, hold_lock
 from adamllm.formats import STYLES
 from adamllm.model_io import check_model
 from adamllm.curate import CurationArgs
 from adamllm.posttrain import FormatArgs, run_format
-from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPLETS_FILE
+from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPLETS_FILE, run_lock_path
 from adamllm.stats import update_stats
 from adamllm.synthesize import SynthesizeArgs, run_synthesize
 
@@ -94,6 +94,12 @@ def run_pipeline(args: RunArgs) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RuntimeError(f"--output_dir: {describe_os_error(e)}") from e
+    # A second run into OUTPUT_DIR is refused at once, whichever stage the first is in.
+    with hold_lock(run_lock_path(out), f"{out} (adamllm run)"):
+        return _run_stages(args, out)
+
+
+def _run_stages(args: RunArgs, out: Path) -> dict:
     stats = {}
     with stage("synthesize"):
         synth = SynthesizeArgs(

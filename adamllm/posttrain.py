@@ -37,7 +37,7 @@ from adamllm.curate import (
     lacks_logprob_verdicts,
     yes_prob,
 )
-from adamllm.files import file_sha256
+from adamllm.files import file_sha256, hold_lock
 from adamllm.formats import (
     COLLECTED_QA,
     CONSISTENCY,
@@ -306,7 +306,13 @@ def curation_summary(args: FormatArgs, deduper: Deduper | None, summary: FormatS
 
 
 def run_format(args: FormatArgs) -> FormatSummary:
-    """Write the post-training file, its rejects, its summary and its `dataset_info.json` entry."""
+    """Write the post-training file, its rejects, its summary and its `dataset_info.json` entry;
+    one run at a time per output (a second is refused, naming the first)."""
+    with hold_lock(run_folder.output_lock_path(args.output), args.output):
+        return _format(args)
+
+
+def _format(args: FormatArgs) -> FormatSummary:
     output = Path(args.output)
     out_dir = output.parent
     stem = run_folder.stem(output.name)

@@ -16,6 +16,8 @@ A stage-2 output folder (OUTPUT_DIR) holds:
         <stem>.<I>-of-<K>.stats.json       its costs (engine time, tokens), over resumed runs
         <stem>.input-of-<K>.json           the fingerprint of the input and settings they were made from
         <stem>.worker-<I>-of-<K>.json      a worker's stage and arguments, as data (local executor)
+        run.lock, <stem>.lock, <stem>.<I>-of-<K>.lock, <stem>.merge.lock
+                                           while `adamllm run`, a stage, a shard, a merge writes
 """
 
 from __future__ import annotations
@@ -80,14 +82,39 @@ def worker_spec_path(out_dir: str | Path, stage_file: str, index: int, count: in
     return shards_dir(out_dir) / f"{stem(stage_file)}.worker-{index:03d}-of-{count:03d}.json"
 
 
+def run_lock_path(out_dir: str | Path) -> Path:
+    """Held by `adamllm run` for all its stages."""
+    return shards_dir(out_dir) / "run.lock"
+
+
+def stage_lock_path(out_dir: str | Path, stage_file: str) -> Path:
+    """Held by every run of a stage: exclusive for a whole run, shared by cluster shards."""
+    return shards_dir(out_dir) / f"{stem(stage_file)}.lock"
+
+
+def shard_lock_path(shard: Path) -> Path:
+    return shard.with_suffix(".lock")
+
+
+def merge_lock_path(out_dir: str | Path, stage_file: str) -> Path:
+    return shards_dir(out_dir) / f"{stem(stage_file)}.merge.lock"
+
+
+def output_lock_path(output: str | Path) -> Path:
+    """Held while a stage without shards (format, merge-seed) writes `output`."""
+    output = Path(output)
+    return output.with_name(f"{output.name}.lock")
+
+
 def fingerprint_files(out_dir: str | Path, stage_file: str) -> list[Path]:
     """A stage's fingerprint files, whatever their shard count."""
     return sorted(shards_dir(out_dir).glob(f"{stem(stage_file)}.input-of-*.json"))
 
 
 def stage_work_files(out_dir: str | Path, stage_file: str) -> list[Path]:
-    """Every file one stage keeps in shards/ (to start that stage over)."""
-    return sorted(shards_dir(out_dir).glob(f"{stem(stage_file)}.*"))
+    """Every file one stage keeps in shards/ (to start that stage over), but its locks: they stay
+    with the runs holding them."""
+    return sorted(p for p in shards_dir(out_dir).glob(f"{stem(stage_file)}.*") if p.suffix != ".lock")
 
 
 def stage_shard_files(out_dir: str | Path, stage_file: str) -> list[Path]:

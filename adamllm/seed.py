@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from adamllm import run_folder
-from adamllm.files import clean_stale_tmp, tmp_pattern
+from adamllm.files import clean_stale_tmp, hold_lock, tmp_pattern
 from adamllm.formats import RecordError, Rejects, check_json_values, iter_input_records, write_json, write_json_list
 from adamllm.images import check_image, ensure_blank_image, resolve_image_path
 from adamllm.prompts import (
@@ -232,7 +232,13 @@ def training_record(name: str, seed_image: SeedImage, image: str, seed: int) -> 
 
 
 def run_merge_seed(args: MergeSeedArgs) -> dict:
-    """Write the merged split, its rejects and its summary; return the summary."""
+    """Write the merged split, its rejects and its summary; return the summary. One run at a time
+    per output (a second is refused, naming the first)."""
+    with hold_lock(run_folder.output_lock_path(args.output), args.output):
+        return _merge_seed(args)
+
+
+def _merge_seed(args: MergeSeedArgs) -> dict:
     output = Path(args.output)
     clean_stale_tmp(output.parent, (tmp_pattern(output), tmp_pattern(run_folder.summary_path(output))))  # a killed run's
     rejects = Rejects(run_folder.rejects_path(output))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import json
 import logging
 import os
@@ -45,27 +46,37 @@ stats_file = run_folder.shard_stats_path
 def recover(path: Path) -> list[int]:
     """The syn_ids a shard file already holds, after cutting off a last line a kill left unfinished.
 
-    Reads line by line: a shard of millions of records never sits in memory.
+    Reads line by line: a shard of millions of records never sits in memory. Raises ValueError
+    naming the file and line when a complete line is not a record, or holds a syn_id again or out
+    of order (two runs that wrote one shard at once, before runs were locked).
     """
     if not path.exists():
         return []
     ids = []
     good = 0  # bytes up to the end of the last complete line
     with open(path, "rb") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             if not line.endswith(b"\n"):
                 break
             good += len(line)
-            if line.strip():
-                ids.append(json.loads(line)[SYN_ID])
+            if not line.strip():
+                continue
+            syn_id = _line_syn_id(line)
+            if syn_id is None:
+                raise ValueError(f"{path}: line {number} is not a record with an integer syn_id")
+            ids.append(syn_id)
     size = path.stat().st_size
     if good < size:
         log.warning("%s: dropping an unfinished last line (%d bytes) left by an interrupted run", path, size - good)
         with open(path, "r+b") as fh:
             fh.truncate(good)
     if any(a >= b for a, b in zip(ids, ids[1:])):
-        _sort_runs(path)
+        # Records out of order are a resume's redone records (`drop_changed`), appended after later
+        # ones: sorted here. A syn_id twice is never that: two runs wrote the file (before locks).
         ids.sort()
+        if (twice := next((a for a, b in zip(ids, ids[1:]) if a == b), None)) is not None:
+            raise ValueError(_twice(path, twice))
+        _sort_runs(path)
     return ids
 
 
@@ -114,6 +125,34 @@ def drop_changed(stage, path: Path) -> int:
     return len(stale)
 
 
+def _line_syn_id(line: bytes) -> int | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    syn_id = record.get(SYN_ID) if isinstance(record, dict) else None
+    return syn_id if isinstance(syn_id, int) and not isinstance(syn_id, bool) else None
+
+
+def _twice(path: Path, syn_id: int) -> str:
+    """A shard file holding a record twice: where."""
+    with open(path, "rb") as fh:
+        lines = [n for n, line in enumerate(fh, 1) if _line_syn_id(line) == syn_id][:2]
+    return _repeat(path, syn_id, lines[1], syn_id)
+
+
+def _repeat(path: Path, syn_id: int, number: int, previous: int) -> str:
+    """A shard line whose syn_id is not above the one before: a duplicate (say where the first copy
+    is) or out of order."""
+    with open(path, "rb") as fh:
+        first = next((n for n, line in enumerate(fh, 1) if n < number and _line_syn_id(line) == syn_id), None)
+    if first is not None:
+        what = f"syn_id {syn_id} is on lines {first} and {number}: a record written twice (two runs into one folder?)"
+    else:
+        what = f"syn_id {syn_id} on line {number} comes after syn_id {previous}: out of order"
+    return f"{path}: {what}"
+
+
 class ShardWriter:
     """Appends finished records durably: after `write`, a kill -9 loses none of them."""
 
@@ -145,11 +184,13 @@ def batches(records: Iterator[tuple[int, dict]], size: int) -> Iterator[list[tup
         yield batch
 
 
-def merge_shards(out_dir: Path, stage_file: str, count: int, output: Path) -> dict | None:
+def merge_shards(out_dir: Path, stage_file: str, count: int, output: Path, input_ids: Iterable[int] | None = None,
+                 stage: str = "stage") -> dict | None:
     """Merge the K shard files into `output` once every shard is done; return their summed stats.
 
-    Returns None (and merges nothing) while a shard is still missing. Raises RuntimeError if the
-    merged ids are not exactly the ids the shards reported (lost or duplicated records).
+    Returns None (and merges nothing) while a shard is still missing. Raises RuntimeError, writing
+    nothing, if the merged ids are not exactly the ids the shards reported, or (given `input_ids`,
+    the syn_ids of the stage's input in order) not exactly one record per input record.
     """
     shards = [Shard(i, count).path(out_dir, stage_file) for i in range(count)]
     markers = [done_marker(p) for p in shards]
@@ -158,20 +199,68 @@ def merge_shards(out_dir: Path, stage_file: str, count: int, output: Path) -> di
     expected = sum(json.loads(m.read_text())["records"] for m in markers)
     stats = [json.loads(stats_file(p).read_text()) for p in shards if stats_file(p).exists()]
     seen = 0
-    last = -1
-    with atomic_write(output) as out:
-        for record in heapq.merge(*(read_jsonl(p) for p in shards), key=lambda r: r[SYN_ID]):
-            if record[SYN_ID] <= last:
-                raise RuntimeError(
-                    f"{output}: syn_id {record[SYN_ID]} appears twice or out of order in the shards of {out_dir}/shards; "
-                    "the stage's input must hold each syn_id once, in increasing order"
-                )
-            last = record[SYN_ID]
+
+    def merged(out) -> Iterator[int]:
+        nonlocal seen
+        last = (-1, None, 0)  # syn_id, shard file, line
+        for syn_id, path, number, record in heapq.merge(*map(_numbered_records, shards)):
+            if syn_id <= last[0]:
+                if path == last[1]:
+                    raise RuntimeError(f"{_repeat(path, syn_id, number, last[0])}; {RESTART}")
+                raise RuntimeError(f"syn_id {syn_id} is in two shards, {last[1]} (line {last[2]}) and {path} (line {number}); {RESTART}")
+            last = (syn_id, path, number)
             out.write(json_line(record) + "\n")
             seen += 1
+            yield syn_id
+
+    with atomic_write(output) as out:
+        if input_ids is None:
+            for _ in merged(out):
+                pass
+        elif problem := _unmatched(merged(out), input_ids):
+            raise RuntimeError(
+                f"{stage}: the shards in {run_folder.shards_dir(out_dir)} do not hold one record per input record "
+                f"({problem}); every input record must give one record of {output}, kept or rejected, so nothing "
+                f"was written; {RESTART}"
+            )
         if seen != expected:
             raise RuntimeError(f"{output}: the shards hold {seen} records but reported {expected}; rerun the stage to repair")
     return sum_stats(stats)
+
+
+RESTART = "rerun the stage with --overwrite to start it over"
+
+
+def _numbered_records(path: Path) -> Iterator[tuple[int, Path, int, dict]]:
+    """(syn_id, file, line number, record) of a shard file's records, for merging and naming lines."""
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                record = json.loads(line)
+                yield record[SYN_ID], path, number, record
+
+
+def _unmatched(ids: Iterable[int], input_ids: Iterable[int]) -> str:
+    """How two increasing syn_id streams, the output's and the input's, differ ('' when alike).
+
+    Walked side by side: memory does not grow with the input."""
+    n_in = n_out = 0
+    unmatched = {"in": [0], "out": [0]}  # per side: how many ids only it has, then the first few
+    tagged = heapq.merge(((i, "out") for i in ids), ((i, "in") for i in input_ids))
+    for syn_id, group in itertools.groupby(tagged, key=lambda t: t[0]):
+        sides = [side for _, side in group]
+        n_in, n_out = n_in + sides.count("in"), n_out + sides.count("out")
+        if len(set(sides)) == 1:
+            only = unmatched[sides[0]]
+            only[0] += 1
+            if len(only) <= 5:
+                only.append(syn_id)
+    said = []
+    for side, what in (("in", "input records have none"), ("out", "records are of no input record")):
+        count, *first = unmatched[side]
+        if count:
+            said.append(f"{count} {what}, syn_id {', '.join(map(str, first))}{' ...' if count > len(first) else ''}")
+    return f"{n_out} records for {n_in} input records: {'; '.join(said)}" if said else ""
 
 
 def sum_stats(stats: list[dict]) -> dict:
@@ -221,6 +310,47 @@ def stage_fingerprint(args, **extra) -> dict:
     return input_fingerprint(args.data_path, **settings, **extra)
 
 
+def check_shards(out_dir: Path, stage_file: str, shards: list[Shard], input_ids: Iterable[int], overwrite: bool = False) -> None:
+    """Refuse shard files that a run cannot resume as they stand, naming the file, the syn_id and the
+    line: a line that is no record, a syn_id twice or out of order, a record of another shard or of
+    no input record. With `overwrite` such a shard is started over instead.
+
+    `input_ids`: the stage's input syn_ids, streamed once for all the shards.
+    """
+    held: dict[int, set[int]] = {}  # shard index: the syn_ids its file holds
+    for shard in shards:
+        path = shard.path(out_dir, stage_file)
+        try:
+            ids = recover(path)
+        except ValueError as e:
+            _refuse_or_restart(shard.path(out_dir, stage_file), str(e), overwrite)
+            continue
+        foreign = next((i for i in ids if not shard.owns(i)), None)
+        if foreign is not None:
+            _refuse_or_restart(path, f"{path}: syn_id {foreign} belongs to shard {foreign % shard.count}", overwrite)
+            continue
+        if ids:
+            held[shard.index] = set(ids)
+    if not held:
+        return  # nothing to resume: the input need not be read
+    count = shards[0].count
+    for syn_id in input_ids:
+        if (ids := held.get(syn_id % count)) is not None:
+            ids.discard(syn_id)
+    for index, ids in held.items():
+        if ids:
+            path = Shard(index, count).path(out_dir, stage_file)
+            _refuse_or_restart(path, f"{path}: syn_id {min(ids)} is not in the stage's input (a record of another input)", overwrite)
+
+
+def _refuse_or_restart(path: Path, problem: str, overwrite: bool) -> None:
+    if not overwrite:
+        raise ValueError(f"{problem}. Rerun with --overwrite to redo this shard's records, or delete {path}")
+    for own in (path, done_marker(path), stats_file(path)):
+        own.unlink(missing_ok=True)
+    log.warning("%s; --overwrite: starting this shard over", problem)
+
+
 def input_fingerprint(path: str | Path, **settings) -> dict:
     """What a stage's results depend on: its input file (path, size, a hash of all its bytes) and
     the settings that change the output (model, limits, prompt).
@@ -231,13 +361,16 @@ def input_fingerprint(path: str | Path, **settings) -> dict:
     return {"input": str(p.resolve()), "size": p.stat().st_size, "sha256": file_sha256(p), **settings}
 
 
-def check_resume(stage, count: int, indices: Iterable[int]) -> None:
-    """Before a stage runs shards `indices` of `count`: start over what was made for other input or
-    settings (`check_fingerprint`), and redo what this process's shards hold that went stale."""
-    out_dir = Path(stage.args.output_dir)
-    check_fingerprint(out_dir, stage.output_file, count, stage.fingerprint(), stage.args.overwrite)
-    for index in indices:
-        drop_changed(stage, Shard(index, count).path(out_dir, stage.output_file))
+def check_resume(stage, shards: list[Shard], input_ids: Iterable[int]) -> None:
+    """Before a stage runs `shards`: start over what was made for other input or settings
+    (`check_fingerprint`), refuse (or with --overwrite redo) shard files that cannot be resumed as
+    they stand (`check_shards`), and redo the finished records that went stale (`drop_changed`)."""
+    args = stage.args
+    out_dir = Path(args.output_dir)
+    check_fingerprint(out_dir, stage.output_file, shards[0].count, stage.fingerprint(), args.overwrite)
+    check_shards(out_dir, stage.output_file, shards, input_ids, args.overwrite)
+    for shard in shards:
+        drop_changed(stage, shard.path(out_dir, stage.output_file))
 
 
 def _complete_lines(path: Path) -> int:

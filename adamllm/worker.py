@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 from adamllm.shards import Shard
 
@@ -29,6 +30,7 @@ def build_stage(name: str, args: dict):
 
 
 def main(argv: list[str]) -> int:
+    from adamllm.executors import shard_lock
     from adamllm.executors.local import run_shards
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -38,10 +40,17 @@ def main(argv: list[str]) -> int:
     with open(argv[0], encoding="utf-8") as fh:
         spec = json.load(fh)
     stage = build_stage(spec["stage"], spec["args"])
+    shard = Shard(stage.args.shard_index, stage.args.num_shards)
+    # The parent holds the stage's lock; this holds the shard's, so that a worker left running by a
+    # parent that was killed keeps a new run off its shard.
     try:
-        run_shards(stage, [Shard(stage.args.shard_index, stage.args.num_shards)])
+        with shard_lock(shard.path(Path(stage.args.output_dir), stage.output_file)):
+            run_shards(stage, [shard])
     except KeyboardInterrupt:  # Ctrl-C reaches every worker: the parent says it once for all
         return 130
+    except RuntimeError as e:  # its shard held by another run: one line, the parent names the shard
+        print(f"adamllm worker: failed: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

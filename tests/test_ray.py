@@ -1,6 +1,7 @@
 """`--executor ray` on real Ray (a local instance, and a two-node cluster on this machine): the same
 files as the local executor, spread over nodes, resumed after a driver kill, redone after an actor kill."""
 
+import json
 import os
 import signal
 import subprocess
@@ -120,6 +121,50 @@ def test_an_actor_killed_mid_run_is_restarted_and_its_records_redone(tiny_models
     same_files(local_run["vllm"], tmp_path)
     stats = read_json(tmp_path / "stats.json")["synthesize"]
     assert stats["records_in"] == 30 == stats["records_out"] + sum(stats["rejected"].values())
+
+
+def filter_cmd(tiny_models, data_path, out, *extra):
+    cmd = [sys.executable, "-m", "adamllm", "filter", "--model", str(tiny_models["checker"]), "--data_path", str(data_path),
+           "--output_dir", str(out), "--engine", "hf", "--batch_size", "2", *map(str, extra)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def first_line_removed(lines):
+    return lines[1:]
+
+
+def sparse_syn_ids(lines):
+    records = [json.loads(lines[i]) for i in (0, 5, 9, 10, 11, 12)]
+    return [json.dumps({**r, "syn_id": i}) for r, i in zip(records, (0, 5, 9, 100, 101, 5000))]
+
+
+@pytest.mark.parametrize("select", [first_line_removed, sparse_syn_ids])
+def test_ray_filters_every_record_whatever_its_syn_ids(tiny_models, local_run, cluster, tmp_path, select):
+    """Read tasks split the records, not the range 0..N-1 of syn_id values (which lost 198 of 199 or 4 of 6)."""
+    lines = select((local_run["hf"] / "syn_task_triplets.jsonl").read_text().splitlines())
+    data = tmp_path / "triplets.jsonl"
+    data.write_text("".join(line + "\n" for line in lines))
+    filter_cmd(tiny_models, data, tmp_path / "local")
+    filter_cmd(tiny_models, data, tmp_path / "ray", "--executor", "ray", "--ray_address", cluster.address, "--num_workers", 2)
+    for name in ("filtered_task_pairs.jsonl", "filtered_task_pairs.rejects.jsonl"):
+        local, on_ray = tmp_path / "local" / name, tmp_path / "ray" / name
+        assert local.exists() == on_ray.exists() and (not local.exists() or local.read_bytes() == on_ray.read_bytes()), name
+    out = read_jsonl(tmp_path / "ray" / "filtered_task_pairs.jsonl")
+    assert [r["syn_id"] for r in out] == [json.loads(line)["syn_id"] for line in lines]
+    assert read_json(tmp_path / "ray" / "stats.json")["filter"]["records_in"] == len(lines)
+
+
+def test_ray_synthesizes_every_record_of_an_input_that_carries_its_own_syn_ids(tiny_models, pairs, cluster, tmp_path):
+    records = read_json(pairs["data_path"])[:6]
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps([{**r, "syn_id": i} for r, i in zip(records, (0, 5, 9, 100, 101, 5000))]))
+    subset = {**pairs, "data_path": data}
+    synthesize(tiny_models, subset, tmp_path / "local", "--engine", "hf", "--batch_size", 2)
+    synthesize(tiny_models, subset, tmp_path / "ray", "--engine", "hf", "--batch_size", 2, "--executor", "ray",
+               "--ray_address", cluster.address, "--num_workers", 2)
+    same_files(tmp_path / "local", tmp_path / "ray")
+    assert [r["syn_id"] for r in read_jsonl(tmp_path / "ray" / "syn_task_triplets.jsonl")] == list(range(6))
 
 
 def test_ray_flags_are_checked_together(tiny_models, pairs, tmp_path):

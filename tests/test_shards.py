@@ -51,9 +51,102 @@ def test_merge_refuses_lost_or_duplicated_records(tmp_path):
         merge_shards(tmp_path, "stage.jsonl", 2, tmp_path / "out.jsonl")
     write_shard(tmp_path / "b", 2, 0, [0, 1])
     write_shard(tmp_path / "b", 2, 1, [1, 3])
-    with pytest.raises(RuntimeError, match="syn_id 1 appears twice"):
+    with pytest.raises(RuntimeError, match=r"syn_id 1 is in two shards, .*stage\.000-of-002\.jsonl \(line 2\) and .*stage\.001-of-002\.jsonl \(line 1\); rerun the stage with --overwrite"):
         merge_shards(tmp_path / "b", "stage.jsonl", 2, tmp_path / "b" / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_merge_names_a_line_written_twice_and_blames_no_input(tmp_path):
+    path = write_shard(tmp_path, 1, 0, [0, 1, 2, 0, 1, 2])  # two runs that wrote one shard at once
+    with pytest.raises(RuntimeError) as error:
+        merge_shards(tmp_path, "stage.jsonl", 1, tmp_path / "out.jsonl")
+    assert str(error.value) == (f"{path}: syn_id 0 is on lines 1 and 4: a record written twice (two runs into one folder?); "
+                                "rerun the stage with --overwrite to start it over")
+    assert "input" not in str(error.value) and not (tmp_path / "out.jsonl").exists()
+
+
+def test_merge_checks_one_output_record_per_input_record(tmp_path):
+    """Whatever the executor did, a merged output that lost or gained records is never written."""
+    write_shard(tmp_path, 2, 0, [0, 100])
+    write_shard(tmp_path, 2, 1, [5, 9, 101])
+    out = tmp_path / "stage.jsonl"
+    assert merge_shards(tmp_path, "stage.jsonl", 2, out, iter([0, 5, 9, 100, 101]), "filter") is not None
+    assert [json.loads(line)["syn_id"] for line in out.read_text().splitlines()] == [0, 5, 9, 100, 101]
+    out.unlink()
+    with pytest.raises(RuntimeError) as error:
+        merge_shards(tmp_path, "stage.jsonl", 2, out, iter([0, 5, 9, 100, 101, 5000, 5001]), "filter")
+    assert str(error.value).startswith(f"filter: the shards in {tmp_path / 'shards'} do not hold one record per input record "
+                                       "(5 records for 7 input records: 2 input records have none, syn_id 5000, 5001); ")
+    assert f"one record of {out}, kept or rejected, so nothing was written; rerun the stage with --overwrite" in str(error.value)
+    with pytest.raises(RuntimeError, match=r"\(5 records for 4 input records: 1 records are of no input record, syn_id 9\)"):
+        merge_shards(tmp_path, "stage.jsonl", 2, out, iter([0, 5, 100, 101]), "filter")
+    with pytest.raises(RuntimeError, match=r"\(5 records for 5 input records: 1 input records have none, syn_id 7; 1 records are of no input record, syn_id 9\)"):
+        merge_shards(tmp_path, "stage.jsonl", 2, out, iter([0, 5, 7, 100, 101]), "filter")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("lines, problem", [
+    (['{"syn_id": 0}', '{"syn_id": 1, "v": "r{"syn_id": 2}', '{"syn_id": 3}'], "line 2 is not a record with an integer syn_id"),
+    (['{"syn_id": 0}', '["syn_id", 1]'], "line 2 is not a record with an integer syn_id"),
+    (['{"syn_id": 0}', '{"syn_id": true}'], "line 2 is not a record with an integer syn_id"),
+])
+def test_recover_sorts_records_a_resume_redid_but_names_a_record_written_twice(tmp_path):
+    # A resume that redoes a record (its image changed) appends it after later ones: sorted, kept.
+    path = tmp_path / "stage.000-of-001.jsonl"
+    path.write_text('{"syn_id": 0}\n{"syn_id": 2}\n{"syn_id": 1}\n')
+    assert recover(path) == [0, 1, 2]
+    assert path.read_text() == '{"syn_id": 0}\n{"syn_id": 1}\n{"syn_id": 2}\n'
+    path.write_text('{"syn_id": 0}\n{"syn_id": 2}\n{"syn_id": 1}\n{"syn_id": 2}\n')
+    with pytest.raises(ValueError, match="syn_id 2 is on lines 2 and 4: a record written twice"):
+        recover(path)
+
+
+@pytest.mark.parametrize("lines, problem", [
+    (['{"syn_id": 0}', '{"syn_id": 1}', '{"syn_id": 0}'], "syn_id 0 is on lines 1 and 3: a record written twice"),
+])
+def test_recover_names_a_duplicated_shard_line(tmp_path, lines, problem):
+    path = tmp_path / "stage.000-of-001.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as error:
+        recover(path)
+    assert str(error.value).startswith(f"{path}: {problem}")
+
+
+def test_recover_names_a_damaged_shard_line(tmp_path, lines, problem):
+    path = tmp_path / "stage.000-of-001.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as error:
+        recover(path)
+    assert str(error.value).startswith(f"{path}: {problem}")
+
+
+def test_check_shards_refuses_what_cannot_resume_and_overwrite_redoes_only_that_shard(tmp_path):
+    from adamllm.shards import check_shards
+
+    shards = [Shard(0, 2), Shard(1, 2)]
+    good = write_shard(tmp_path, 2, 0, [0, 2])
+    bad = write_shard(tmp_path, 2, 1, [1, 2])  # syn_id 2 is shard 0's
+    with pytest.raises(ValueError, match=rf"^{bad}: syn_id 2 belongs to shard 0\. Rerun with --overwrite to redo this shard's records, or delete {bad}$"):
+        check_shards(tmp_path, "stage.jsonl", shards, iter(range(4)))
+    check_shards(tmp_path, "stage.jsonl", shards, iter(range(4)), overwrite=True)
+    assert not bad.exists() and not done_marker(bad).exists() and recover(good) == [0, 2]
+    write_shard(tmp_path, 2, 1, [1, 3, 7])  # 7: a record of another input
+    with pytest.raises(ValueError, match=r"syn_id 7 is not in the stage's input \(a record of another input\)"):
+        check_shards(tmp_path, "stage.jsonl", shards, iter(range(4)))
+    check_shards(tmp_path, "stage.jsonl", [Shard(1, 2)], iter(range(8)))  # with 7 in the input: resumable
+    write_shard(tmp_path, 2, 1, [1, 3, 1])
+    with pytest.raises(ValueError, match="syn_id 1 is on lines 1 and 4"):  # appended after the three above
+        check_shards(tmp_path, "stage.jsonl", [Shard(1, 2)], iter(range(8)))
+
+
+def test_check_shards_reads_no_input_when_no_shard_holds_a_record(tmp_path):
+    from adamllm.shards import check_shards
+
+    def never():
+        raise AssertionError("the input was read")
+        yield
+
+    check_shards(tmp_path, "stage.jsonl", [Shard(0, 1)], never())
 
 
 def test_sum_stats():

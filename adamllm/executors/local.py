@@ -4,7 +4,8 @@
     adamllm synthesize ... --num_shards 64 --shard_index 7        # one shard (a cluster job)
 
 Workers start as `python -m adamllm.worker SPEC.json`, their stage and arguments written as data.
-The parent waits for them (ending stragglers past --shard_timeout_s) and merges.
+The parent waits for them (ending stragglers past --shard_timeout_s); `adamllm.executors.run_stage`
+locks, checks and merges.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from adamllm import run_folder
-from adamllm.files import clean_stale_tmp
 from adamllm.formats import write_json
-from adamllm.shards import Shard, ShardWriter, batches, check_resume, merge_shards, recover, stats_file
+from adamllm.shards import Shard, ShardWriter, batches, recover, stats_file
 from adamllm.stage import Stage, load, run_batch_isolating
 
 log = logging.getLogger(__name__)
@@ -47,24 +47,6 @@ def plan(args) -> tuple[list[Shard], list[str]]:
     if len(devices) > 1 and args.num_shards in (1, len(devices)):
         return [], devices
     return [Shard(i, args.num_shards) for i in range(args.num_shards)], []
-
-
-def run_local(stage: Stage) -> dict | None:
-    """Run this process's shards (or launch workers) and merge; the merged costs or None."""
-    args = stage.args
-    out_dir = Path(args.output_dir)
-    shards, devices = plan(args)
-    count = len(devices) or args.num_shards
-    clean_stale_tmp(out_dir)
-    check_resume(stage, count, [s.index for s in shards] or range(count))
-    if devices:
-        launch_workers(stage, devices, args.shard_timeout_s or None)
-    else:
-        run_shards(stage, shards)
-    stats = merge_shards(out_dir, stage.output_file, count, out_dir / stage.output_file)
-    if stats is None and devices:
-        raise RuntimeError(f"{stage.name}: the workers exited but some shard of {run_folder.shards_dir(out_dir)} has no .done marker")
-    return stats
 
 
 def run_shards(stage: Stage, shards: list[Shard]) -> None:

@@ -88,14 +88,17 @@ def run_ray(stage: Stage) -> None:
     marker = run_folder.done_marker(path)
     marker.unlink(missing_ok=True)
     done = set(recover(path))
-    total = sum(1 for _ in stage.records())  # streamed: checks the input, lists nothing
-    todo = total - len(done)
+    total, todo = 0, []  # the syn_ids still to do: where the read tasks' slices begin and end
+    for syn_id, _ in stage.records():  # streamed: checks the input, keeps no record
+        total += 1
+        if syn_id not in done:
+            todo.append(syn_id)
     stats_path = stats_file(path)
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     nodes = set(stats.pop("nodes", []))
     if todo:
         _connect(args.ray_address)
-        dataset = _dataset(stage, total, done)
+        dataset = _dataset(stage, todo, done)
         writer = ShardWriter(path)
         n_kept = 0
         start = time.monotonic()
@@ -147,8 +150,9 @@ def _connect(address: str) -> None:
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
 
 
-def _dataset(stage: Stage, total: int, done: set[int]):
-    """Records not yet done, read on the cluster in syn_id ranges, mapped by a pool of StageActors."""
+def _dataset(stage: Stage, todo: list[int], done: set[int]):
+    """The records not yet done (`todo`: their syn_ids), read on the cluster in slices, mapped by a
+    pool of StageActors."""
     import ray
 
     args = stage.args
@@ -161,8 +165,8 @@ def _dataset(stage: Stage, total: int, done: set[int]):
             f"--num_workers {workers}: the Ray cluster has {have} {'GPUs' if gpus else 'CPUs'}, one per worker; "
             "lower --num_workers or add nodes"
         )
-    n_tasks = max(1, min(MAX_READ_TASKS, (total - len(done)) // args.batch_size + 1))
-    source = _RecordSource(stage, total, done, n_tasks)
+    n_tasks = max(1, min(MAX_READ_TASKS, len(todo) // args.batch_size + 1))
+    source = _RecordSource(stage, todo, done, n_tasks)
     # Reads claim no CPU: with every CPU held by an engine actor they must still run, or, the order
     # of blocks being preserved, the actors would wait for a read that waits for a CPU.
     dataset = ray.data.read_datasource(source, override_num_blocks=n_tasks, num_cpus=0)
@@ -185,11 +189,13 @@ def _actor_class(stage: Stage) -> type:
 
 
 class _RecordSource(Datasource):
-    """The stage's records as Ray Data blocks: read task k streams the input and keeps its own syn_id
-    range (records come in increasing syn_id order, so it stops at the range's end)."""
+    """The stage's records not yet done as Ray Data blocks: read task k streams the input and keeps
+    the k-th slice of those records, cut by their count, not by syn_id value (an input's syn_ids
+    need not be 0..N-1: a subset, a file with lines removed). Records come in increasing syn_id
+    order (both stages check it), so a slice is the records from its first syn_id to its last."""
 
-    def __init__(self, stage: Stage, total: int, done: set[int], n_tasks: int):
-        self.stage, self.total, self.done, self.n_tasks = stage, total, done, n_tasks
+    def __init__(self, stage: Stage, todo: list[int], done: set[int], n_tasks: int):
+        self.stage, self.todo, self.done, self.n_tasks = stage, todo, done, n_tasks
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -198,26 +204,29 @@ class _RecordSource(Datasource):
         from ray.data import ReadTask
         from ray.data.block import BlockMetadata
 
-        bounds = [self.total * k // self.n_tasks for k in range(self.n_tasks + 1)]
+        bounds = [len(self.todo) * k // self.n_tasks for k in range(self.n_tasks + 1)]
         tasks = []
         for lo, hi in zip(bounds, bounds[1:]):
-            done = {i for i in self.done if lo <= i < hi}
-            if hi - lo - len(done) <= 0:
+            if hi == lo:
                 continue
-            metadata = BlockMetadata(num_rows=hi - lo - len(done), size_bytes=None, exec_stats=None, input_files=None)
-            tasks.append(ReadTask(_reader(self.stage, lo, hi, done), metadata))
+            first, last = self.todo[lo], self.todo[hi - 1]
+            done = {i for i in self.done if first < i < last}  # each task carries only its part
+            metadata = BlockMetadata(num_rows=hi - lo, size_bytes=None, exec_stats=None, input_files=None)
+            tasks.append(ReadTask(_reader(self.stage, first, last, done), metadata))
         return tasks
 
 
-def _reader(stage: Stage, lo: int, hi: int, done: set[int], rows_per_block: int = 256):
+def _reader(stage: Stage, first: int, last: int, done: set[int], rows_per_block: int = 256):
+    """The records from syn_id `first` to `last` not in `done`."""
+
     def read():
         import pyarrow as pa
 
         ids, texts = [], []
         for syn_id, record in stage.records():
-            if syn_id >= hi:
+            if syn_id > last:
                 break
-            if syn_id < lo or syn_id in done:
+            if syn_id < first or syn_id in done:
                 continue
             ids.append(syn_id)
             texts.append(json_line(record))
