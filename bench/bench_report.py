@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/bench_report.py [--sizes 20000 500000] [--images 2000] [--every_card_up_to 20000]
 
+The default (2,000 and 20,000 records, every card at 2,000) takes a few minutes on 2 cores; 500,000
+records take about half an hour there, most of it generating the run and formatting it.
+
 Each size gets a fake stage-2 run folder: a filtered file as filter writes it (verdicts and reasons
 mixed as in a real run: a third yes, some no / open / invalid, some records without a triplet or an
 image), the post-training file written by the real `format` from it, and stats.json. The records
