@@ -20,7 +20,7 @@ from adamllm.engines import EngineSettings, check_engine_settings
 from adamllm.executors import ExecutorArgs, check_executor_args
 from adamllm.files import describe_os_error, hold_lock
 from adamllm.formats import STYLES
-from adamllm.model_io import check_model
+from adamllm.model_io import check_model, check_processor
 from adamllm.curate import CurationArgs
 from adamllm.posttrain import FormatArgs, run_format
 from adamllm.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPLETS_FILE, run_lock_path
@@ -55,7 +55,9 @@ class RunArgs(EngineSettings, ExecutorArgs, CurationArgs):
         # Both models are checked before any work: a wrong checker must not wait for synthesis to end.
         for flag, role in (("synthesizer", "synthesizer"), ("checker", "checker")):
             if getattr(self, flag):
-                errors.append(check_model(getattr(self, flag), role, f"--{flag}"))
+                errors.append(problem := check_model(getattr(self, flag), role, f"--{flag}"))
+                if role == "synthesizer" and not problem:  # its processor against its model, named as run's flag
+                    errors.append(check_processor(self.synthesizer, "--synthesizer"))
         if self.data_path and not Path(self.data_path).is_file():
             errors.append(f"--data_path {self.data_path}: no such file")
         if self.image_folder and not Path(self.image_folder).is_dir():

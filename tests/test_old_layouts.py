@@ -205,6 +205,11 @@ def test_processor_contradicting_its_model_is_refused_before_any_work(tiny_model
             adamllm_main(["synthesize", "--engine", engine, "--model", str(model), "--data_path", str(pairs["data_path"]),
                           "--image_folder", str(pairs["image_folder"]), "--output_dir", str(out)])
         assert exited.value.code == 2 and expected in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit) as exited:  # adamllm run names its own flag
+        adamllm_main(["run", "--engine", "hf", "--synthesizer", str(model), "--checker", str(tiny_models["checker"]),
+                      "--data_path", str(pairs["data_path"]), "--image_folder", str(pairs["image_folder"]), "--output_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"--synthesizer {model}: its processor" in err and expected in err and not (tmp_path / "run").exists()
     with pytest.raises(ValueError) as raised:
         synthesize(model, pairs, tmp_path / "dry", dry_run=True)
     message = str(raised.value)
