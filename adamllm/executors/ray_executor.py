@@ -140,7 +140,8 @@ def _connect(address: str) -> None:
         if address:
             ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
         else:
-            ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False, logging_level=logging.WARNING)
+            # "local": a new instance even when another Ray runs on this machine (ray.init() would join it).
+            ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False, logging_level=logging.WARNING)
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # results in syn_id order: the shard file stays sorted
     context.enable_progress_bars = False  # the driver shows one bar, with counts
