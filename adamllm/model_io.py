@@ -122,7 +122,11 @@ def load_processor(name_or_path: str):
     """
     from transformers import AutoConfig, AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(name_or_path)
+    try:
+        processor = AutoProcessor.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:  # transformers' words for a missing or unreadable tokenizer / processor file
+        detail = " ".join(str(e).split())
+        raise ValueError(f"{name_or_path}: its processor does not load (is its tokenizer saved with it?): {detail}") from None
     config = AutoConfig.from_pretrained(name_or_path)
     vision = config.vision_config
     if processor.patch_size is None:
@@ -149,8 +153,6 @@ def check_processor(name_or_path: str, flag: str) -> str:
         load_processor(name_or_path)
     except ValueError as e:
         return f"{flag} {e}"
-    except OSError as e:  # transformers' word for a missing or unreadable tokenizer / processor file
-        return f"{flag} {name_or_path}: its processor does not load: {e}"
     return ""
 
 

@@ -219,3 +219,11 @@ def test_processor_contradicting_its_model_is_refused_before_any_work(tiny_model
     assert train_main(["--model_name_or_path", str(model), "--data_path", str(pairs["data_path"]), "--image_folder", str(pairs["image_folder"]),
                        "--output_dir", str(tmp_path / "syn"), "--check_only", "True"]) == 2
     assert f"--model_name_or_path {model}: its processor" in capsys.readouterr().err
+
+
+def test_a_synthesizer_without_its_tokenizer_is_refused_naming_it(tiny_models, pairs, tmp_path):
+    model = write_old_layout(tiny_models["synthesizer"], tmp_path / "model")
+    (model / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match=f"^--model {model}: its processor does not load \\(is its tokenizer saved with it\\?\\)"):
+        synthesize(model, pairs, tmp_path / "out", dry_run=True)
+    assert not (tmp_path / "out").exists()
