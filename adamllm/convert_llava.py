@@ -197,7 +197,7 @@ def _expected_keys(hf_config) -> set[str]:
     import torch
     from transformers import LlavaNextForConditionalGeneration
 
-    from adamllm.model_io import _hub_key
+    from adamllm.model_io import hub_key
 
     with torch.device("meta"):
         model = LlavaNextForConditionalGeneration(hf_config)
@@ -208,7 +208,7 @@ def _expected_keys(hf_config) -> set[str]:
             key = "language_model.model." + key[len("language_model."):]
         elif key == "lm_head.weight":
             key = "language_model.lm_head.weight"
-        names.add(_hub_key(key))
+        names.add(hub_key(key))
     return names
 
 

@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from adamllm.export import ExportSummary
+from dataclasses import dataclass, field
+from typing import Any
 
 CARD_FILE = "README.md"
+
+
+@dataclass
+class ExportSummary:
+    """What `adamllm export` did: the counts the card reports beside the run's own."""
+
+    records_in: int = 0  # records of the post-training file
+    rows: int = 0
+    rejected: dict = field(default_factory=dict)
+    rows_with_synthetic_task: int = 0
+    no_task_reasons: dict = field(default_factory=dict)
+    to: str = ""
+    pushed_to: str = ""
 
 
 def stage_entry(stats: dict, stage: str) -> dict:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from adamllm.curate import LOGPROBS, yes_prob
-from adamllm.dataset_card import CARD_FILE, dataset_card, stage_args
+from adamllm.dataset_card import CARD_FILE, ExportSummary, dataset_card, stage_args
 from adamllm.files import clean_stale_tmp, tmp_path, tmp_pattern
 from adamllm.formats import COLLECTED_QA, CONSISTENCY, SYN_ID, RecordError, Rejects, parse_caption_pair, read_json_file, read_run_records, write_json
 from adamllm.images import check_image_unchanged, read_image_bytes, resolve_image_path, trusted_image_folder
@@ -124,17 +124,6 @@ def check_hub(repo: str) -> list[str]:
     elif get_token() is None:
         errors.append(f"--push_to_hub {repo}: no Hugging Face token; log in with `hf auth login` or set HF_TOKEN")
     return errors
-
-
-@dataclass
-class ExportSummary:
-    records_in: int = 0  # records of the post-training file
-    rows: int = 0
-    rejected: dict = field(default_factory=dict)
-    rows_with_synthetic_task: int = 0
-    no_task_reasons: dict = field(default_factory=dict)
-    to: str = ""
-    pushed_to: str = ""
 
 
 # --- reading the run folder -----------------------------------------------------------------------

@@ -77,7 +77,7 @@ def iter_json_records(path: str | os.PathLike) -> Iterator[Any]:
             if head == "":
                 return
             if head == "[":
-                yield from _iter_json_array(fh, path)
+                yield from iter_json_array(fh, path)
             else:
                 yield from _iter_jsonl(head + fh.readline(), fh, path)
     except UnicodeDecodeError:
@@ -180,7 +180,7 @@ def _iter_jsonl(first_line: str, fh, path) -> Iterator[Any]:
         lines = [line] if line else []
 
 
-def _iter_json_array(fh, path, chunk_size: int = 1 << 20) -> Iterator[Any]:
+def iter_json_array(fh, path, chunk_size: int = 1 << 20) -> Iterator[Any]:
     decoder = json.JSONDecoder()
     buf, offset, eof = "", 1, False
     while True:

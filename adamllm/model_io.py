@@ -246,12 +246,13 @@ def to_vllm_layout(out_dir: str | Path) -> Path:
     index = out / "model.safetensors.index.json"
     if index.exists():
         data = json.loads(index.read_text())
-        data["weight_map"] = {_hub_key(k): v for k, v in data["weight_map"].items()}
+        data["weight_map"] = {hub_key(k): v for k, v in data["weight_map"].items()}
         index.write_text(json.dumps(data, indent=2))
     return out
 
 
-def _hub_key(key: str) -> str:
+def hub_key(key: str) -> str:
+    """A weight name as the hub's llava-hf checkpoints spell it (the vision tower under its hub prefix)."""
     if key.startswith(VISION_PREFIX) and not key.startswith(VISION_HUB_PREFIX):
         return VISION_HUB_PREFIX + key[len(VISION_PREFIX):]
     return key
@@ -266,9 +267,9 @@ def _rename_vision_keys(shard: Path) -> None:
     with safe_open(str(shard), "pt") as f:
         metadata = f.metadata()
         keys = list(f.keys())
-        if all(_hub_key(k) == k for k in keys):
+        if all(hub_key(k) == k for k in keys):
             return
-        tensors = {_hub_key(k): f.get_tensor(k) for k in keys}
+        tensors = {hub_key(k): f.get_tensor(k) for k in keys}
     tmp = tmp_path(shard)
     try:
         save_file(tensors, str(tmp), metadata=metadata)

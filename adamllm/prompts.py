@@ -127,7 +127,7 @@ def strip_special_tokens(text: str, image_tokens: tuple[str, ...] = (IMAGE_TAG,)
         if not removed:
             return text, count
         count += removed
-    text, removed = _strip_in_one_scan(text, image_tokens)
+    text, removed = strip_in_one_scan(text, image_tokens)
     return text, count + removed
 
 
@@ -135,7 +135,7 @@ _REGEX_PASSES = 3
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
-def _strip_in_one_scan(text: str, image_tokens: tuple[str, ...]) -> tuple[str, int]:
+def strip_in_one_scan(text: str, image_tokens: tuple[str, ...]) -> tuple[str, int]:
     """`strip_special_tokens`' fixed point in one pass: characters go onto a stack, and a piece that
     the stack's top completes is popped at once. What lies below the top never changes, so no piece
     can form there later: the result is the fixed point of the repeated passes."""

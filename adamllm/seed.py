@@ -100,7 +100,7 @@ class SeedImage:
     informative: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _turns(record: object) -> tuple[str, str, str]:
+def _seed_fields(record: object) -> tuple[str, str, str]:
     """(base name, human text, gpt text) of a seed record; RecordError when malformed."""
     check_json_values(record)
     if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not record["image"]:
@@ -141,7 +141,7 @@ def read_seed(args: MergeSeedArgs, rejects: Rejects, counts: Counter) -> dict[st
         for index, record in enumerate(iter_input_records(path)):
             counts[f"{source}_records"] += 1
             try:
-                name, human, gpt = _turns(record)
+                name, human, gpt = _seed_fields(record)
                 seed_image = images.get(name) or SeedImage()
                 if source == "caption":
                     # Published copies differ: some carry the caption under "caption", some only as the gpt turn.

@@ -42,7 +42,8 @@ class Example:
     length: int  # tokens once the image token is expanded
 
 
-def _turns(record: dict) -> list[Turn]:
+def conversation_turns(record: dict) -> list[Turn]:
+    """The turns of a merge-seed training record (caption round first); RecordError when malformed."""
     conv = record.get("conversations")
     if not isinstance(conv, list) or len(conv) < 4 or not all(isinstance(t, dict) and t.get("from") in ROLES and isinstance(t.get("value"), str) for t in conv):
         raise RecordError("bad_schema", 'a training record needs "conversations": a caption round and at least one pair, each {"from": "human"|"gpt", "value"}')
@@ -83,7 +84,7 @@ class SeedDataset(torch.utils.data.Dataset):
                 check_json_values(record)
                 if not isinstance(record, dict) or not isinstance(record.get("image"), str):
                     raise RecordError("bad_schema", 'a training record needs an "image" path')
-                turns = _turns(record)
+                turns = conversation_turns(record)
                 is_blank = os.path.isabs(record["image"]) or os.sep in record["image"]
                 if is_blank and os.path.abspath(record["image"]) != blank:
                     raise RecordError("unsafe_image_path", f"{record['image']} is neither a base name in the image folder nor --blank_image_path")

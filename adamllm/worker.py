@@ -2,31 +2,46 @@
 
     python -m adamllm.worker OUTPUT_DIR/shards/syn_task_triplets.worker-001-of-004.json
 
-The spec file holds {"stage": "synthesize" | "filter", "args": {...the stage's argument dataclass...}}
-with `shard_index` and `num_shards` set; the parent (adamllm.executors.local) merges afterwards.
+The spec file (`stage_spec`) holds the stage's class and its argument dataclass's class as import
+paths, and the arguments, with `shard_index` and `num_shards` set; the parent
+(adamllm.executors.local) merges afterwards. Executors never name a concrete stage: any class
+that implements `adamllm.stage.Stage` and takes its argument dataclass runs here.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from adamllm.shards import Shard
 
 
-def build_stage(name: str, args: dict):
-    """The stage object a spec names, its arguments checked as on the command line."""
-    if name == "synthesize":
-        from adamllm.synthesize import SynthesizeArgs, SynthesizeStage
+def stage_spec(stage, **overrides) -> dict:
+    """A stage as data: what `build_stage` rebuilds it from in another process."""
+    return {
+        "stage": _class_path(type(stage)),
+        "args_class": _class_path(type(stage.args)),
+        "args": {**asdict(stage.args), **overrides},
+    }
 
-        return SynthesizeStage(SynthesizeArgs(**args))
-    if name == "filter":
-        from adamllm.consistency import FilterArgs, FilterStage
 
-        return FilterStage(FilterArgs(**args))
-    raise ValueError(f"unknown stage {name!r}: expected synthesize or filter")
+def build_stage(spec: dict):
+    """The stage a spec describes, its arguments checked as on the command line."""
+    stage_class, args_class = _import_class(spec["stage"]), _import_class(spec["args_class"])
+    return stage_class(args_class(**spec["args"]))
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _import_class(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def main(argv: list[str]) -> int:
@@ -39,7 +54,7 @@ def main(argv: list[str]) -> int:
         return 2
     with open(argv[0], encoding="utf-8") as fh:
         spec = json.load(fh)
-    stage = build_stage(spec["stage"], spec["args"])
+    stage = build_stage(spec)
     shard = Shard(stage.args.shard_index, stage.args.num_shards)
     # The parent holds the stage's lock; this holds the shard's, so that a worker left running by a
     # parent that was killed keeps a new run off its shard.

@@ -216,7 +216,7 @@ def make_data(folder: Path, model: Path, records: int, picture: int, text_tokens
     from adamllm.model_io import load_processor
     from adamllm.prompts import training_text
     from adamllm.seed import MergeSeedArgs, run_merge_seed
-    from adamllm.train_data import _turns
+    from adamllm.train_data import conversation_turns
 
     merged = folder / "train.json"
     done = {"data_path": merged, "image_folder": folder / "seed" / "images", "blank": folder / "blank.png"}
@@ -236,7 +236,7 @@ def make_data(folder: Path, model: Path, records: int, picture: int, text_tokens
     for record in data:
         target = rng.randint(text_tokens // 2, text_tokens * 3 // 2)
         for _ in range(3):  # words and tokens differ a little: converge in a few rounds
-            n = len(processor.tokenizer(training_text(_turns(record), processor.image_token)).input_ids) - 1
+            n = len(processor.tokenizer(training_text(conversation_turns(record), processor.image_token)).input_ids) - 1
             if n >= target:
                 break
             caption = record["conversations"][1]

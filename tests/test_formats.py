@@ -14,7 +14,7 @@ def test_json_list_streams_across_chunk_boundaries(tmp_path, chunk, monkeypatch)
     records = [{"i": i, "text": "x" * (i * 3) + ', "] [ {'} for i in range(50)]
     path = tmp_path / "a.json"
     path.write_text(json.dumps(records, indent=1))
-    monkeypatch.setattr(formats, "_iter_json_array", lambda fh, p, chunk_size=chunk, f=formats._iter_json_array: f(fh, p, chunk))
+    monkeypatch.setattr(formats, "iter_json_array", lambda fh, p, chunk_size=chunk, f=formats.iter_json_array: f(fh, p, chunk))
     assert list(formats.iter_json_records(path)) == records
 
 

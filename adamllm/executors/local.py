@@ -17,13 +17,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, replace
 from pathlib import Path
 
 from adamllm import run_folder
 from adamllm.formats import write_json
 from adamllm.shards import Shard, ShardWriter, batches, recover, stats_file
 from adamllm.stage import Stage, load, run_batch_isolating
+from adamllm.worker import stage_spec
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def launch_workers(stage: Stage, devices: list[str], timeout_s: float | None) ->
     procs = []
     for index, device in enumerate(devices):
         spec = run_folder.worker_spec_path(stage.args.output_dir, stage.output_file, index, count)
-        write_json(spec, {"stage": stage.name, "args": asdict(replace(stage.args, num_shards=count, shard_index=index))})
+        write_json(spec, stage_spec(stage, num_shards=count, shard_index=index))
         cmd = [sys.executable, "-m", "adamllm.worker", str(spec)]
         log.info("%s shard %d/%d on device %s: %s", stage.name, index, count, device, " ".join(cmd))
         procs.append(subprocess.Popen(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=device)))

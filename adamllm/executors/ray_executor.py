@@ -26,6 +26,7 @@ from adamllm import run_folder
 from adamllm.formats import json_line, write_json
 from adamllm.shards import Shard, ShardWriter, recover, stats_file
 from adamllm.stage import Stage, add, load, run_batch_isolating
+from adamllm.worker import build_stage, stage_spec
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +40,20 @@ ACTOR_START_TIMEOUT_S = 3600
 class StageActor:
     """One Ray actor: builds its stage from data, loads the engine once, runs batches.
 
-    Subclassed per run with the stage's name and arguments as class attributes (`_actor_class`):
+    Subclassed per run with the stage as data (`adamllm.worker.stage_spec`) as a class attribute (`_actor_class`):
     Ray keeps constructor arguments in its object store, and warns that an actor restarted after
     losing them could not be rebuilt.
     """
 
-    stage_name: str = ""
-    args: dict = {}
+    spec: dict = {}
 
     def __init__(self):
         import ray
         import transformers
 
-        from adamllm.worker import build_stage
-
         transformers.utils.logging.disable_progress_bar()  # one bar per actor start is noise in the driver's log
         start = time.monotonic()
-        self.loaded = load(build_stage(self.stage_name, self.args))
+        self.loaded = load(build_stage(self.spec))
         self.load_s = time.monotonic() - start
         self.node = ray.get_runtime_context().get_node_id()
 
@@ -182,11 +180,9 @@ def _dataset(stage: Stage, todo: list[int], done: set[int]):
 
 
 def _actor_class(stage: Stage) -> type:
-    from dataclasses import asdict
-
     # The actors run batches; they neither shard nor start executors of their own.
-    args = {**asdict(stage.args), "executor": "local", "ray_address": "", "num_workers": 0, "num_shards": 1, "shard_index": 0}
-    return type("StageActor", (StageActor,), {"stage_name": stage.name, "args": args})
+    spec = stage_spec(stage, executor="local", ray_address="", num_workers=0, num_shards=1, shard_index=0)
+    return type("StageActor", (StageActor,), {"spec": spec})
 
 
 class _RecordSource(Datasource):
