@@ -46,8 +46,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     args = parser.parse_args()
 
-    from adamllm.fixtures import make_caption_pairs
-    from adamllm.tiny import make_tiny_models
+    from adamllm.testing.fixtures import make_caption_pairs
+    from adamllm.testing.tiny import make_tiny_models
 
     work = Path(tempfile.mkdtemp(prefix="adamllm-bench-executors-"))
     models = make_tiny_models(work / "tiny")

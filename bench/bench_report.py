@@ -47,7 +47,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
 
 
 def make_images(folder: Path, count: int, seed: int) -> list[str]:
-    from adamllm.fixtures import draw, random_scene
+    from adamllm.testing.fixtures import draw, random_scene
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -62,9 +62,9 @@ def make_images(folder: Path, count: int, seed: int) -> list[str]:
 
 def make_run(root: Path, size: int, images: list[str], image_folder: Path, seed: int) -> Path:
     """A stage-2 run folder of `size` records; the final file comes from the real format."""
-    from adamllm.fixtures import caption, qa_tasks, random_scene
-    from adamllm.posttrain import FormatArgs, run_format
-    from adamllm.stats import update_stats
+    from adamllm.testing.fixtures import caption, qa_tasks, random_scene
+    from adamllm.stage2.format import FormatArgs, run_format
+    from adamllm.core.stats import update_stats
 
     out = root / f"run-{size}"
     out.mkdir(parents=True)

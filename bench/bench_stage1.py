@@ -8,7 +8,7 @@ under DeepSpeed, on a random-weight LLaVA-NeXT with the layer shapes of the 8B s
 The model: Llama-3-8B text layers (hidden 4096, MLP 14336, 32 heads, 8 KV heads, vocab 128256, rope
 theta 500000; `--layers` of them) and the CLIP ViT-L/14-336 tower (`--vision_layers` of 24), with the
 anyres grid of llava-hf/llama3-llava-next-8b-hf, built from configs (nothing downloaded) with the
-Llama-3-style tokenizer of adamllm.tiny, and cached in --work_dir. The data: adamllm.fixtures seed
+Llama-3-style tokenizer of adamllm.testing.tiny, and cached in --work_dir. The data: adamllm.testing.fixtures seed
 data merged by `adamllm merge-seed`, its pictures enlarged to 672x672 so each fills the 2x2 grid
 (2,928 image tokens) and its captions lengthened to --text_tokens. Training: torchrun running
 `adamllm train --deepspeed scripts/zero{2,3}.json --step_timing True`; on a GPU in bf16 with gradient
@@ -80,7 +80,7 @@ EIGHT_B = Shapes(
 
 
 def small_shapes() -> Shapes:
-    from adamllm import tiny
+    from adamllm.testing import tiny
 
     return Shapes(
         text={k: v for k, v in tiny.TEXT.items() if k != "num_hidden_layers"},
@@ -127,11 +127,11 @@ def peak_tflops(device_name: str) -> float | None:
 
 
 def make_processor(shapes: Shapes, tokenizer):
-    """The LLaVA-NeXT processor of these shapes around the Llama-3-style tokenizer of adamllm.tiny."""
+    """The LLaVA-NeXT processor of these shapes around the Llama-3-style tokenizer of adamllm.testing.tiny."""
     from transformers import LlavaNextProcessor
     from transformers.models.llava_next import LlavaNextImageProcessor
 
-    from adamllm import tiny
+    from adamllm.testing import tiny
 
     return LlavaNextProcessor(
         image_processor=LlavaNextImageProcessor(
@@ -147,7 +147,7 @@ def model_config(shapes: Shapes, layers: int, vision_layers: int, tokenizer):
     """llama3-llava-next-8b-hf's config with `layers` text and `vision_layers` vision layers."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig
 
-    from adamllm import tiny
+    from adamllm.testing import tiny
 
     text = LlamaConfig(
         vocab_size=shapes.vocab_size or len(tokenizer), num_hidden_layers=layers, max_position_embeddings=8192,
@@ -191,8 +191,8 @@ def build_model(shapes: Shapes, layers: int, vision_layers: int, bf16: bool, fol
     import torch
     import transformers
 
-    from adamllm import tiny
-    from adamllm.model_io import save_synthesizer
+    from adamllm.testing import tiny
+    from adamllm.models.model_io import save_synthesizer
 
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards": noise in the table's output
     tokenizer = tiny.build_tokenizer()
@@ -212,11 +212,11 @@ def make_data(folder: Path, model: Path, records: int, picture: int, text_tokens
     one and a half times that, so that batches have padding to save, as real seed data does)."""
     from PIL import Image
 
-    from adamllm import fixtures
-    from adamllm.model_io import load_processor
-    from adamllm.prompts import training_text
-    from adamllm.seed import MergeSeedArgs, run_merge_seed
-    from adamllm.train_data import conversation_turns
+    from adamllm.testing import fixtures
+    from adamllm.models.model_io import load_processor
+    from adamllm.core.prompts import training_text
+    from adamllm.stage1.merge_seed import MergeSeedArgs, run_merge_seed
+    from adamllm.stage1.train_data import conversation_turns
 
     merged = folder / "train.json"
     done = {"data_path": merged, "image_folder": folder / "seed" / "images", "blank": folder / "blank.png"}

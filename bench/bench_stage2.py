@@ -56,7 +56,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def handwritten_triplets(pairs_path: Path, out: Path, seed: int = 0) -> Path:
     """syn_task_triplets.jsonl with well-formed preds, so the filter has a triplet per record."""
-    from adamllm import fixtures, prompts
+    from adamllm.testing import fixtures
+    from adamllm.core import prompts
 
     rng = random.Random(seed)
     u, a, e = prompts.header("user"), prompts.EOT + prompts.header("assistant"), prompts.EOT
@@ -78,10 +79,10 @@ def timed(fn):
 
 def cpu_table(args) -> None:
     """CPU mode: the tiny models, synthesis and filter, per engine (the table `make bench` prints)."""
-    from adamllm.consistency import FilterArgs, run_filter
-    from adamllm.fixtures import make_caption_pairs
-    from adamllm.synthesize import SynthesizeArgs, run_synthesize
-    from adamllm.tiny import make_tiny_models
+    from adamllm.stage2.filter import FilterArgs, run_filter
+    from adamllm.testing.fixtures import make_caption_pairs
+    from adamllm.stage2.synthesize import SynthesizeArgs, run_synthesize
+    from adamllm.testing.tiny import make_tiny_models
 
     work = Path(tempfile.mkdtemp(prefix="adamllm-bench-"))
     models = make_tiny_models(work / "tiny")
@@ -148,9 +149,9 @@ def build_random_synthesizer(out: Path, small: bool, layers: int) -> Path:
 
     import torch
 
-    from adamllm import tiny
-    from adamllm.model_io import to_vllm_layout
-    from adamllm.prompts import EOS
+    from adamllm.testing import tiny
+    from adamllm.models.model_io import to_vllm_layout
+    from adamllm.core.prompts import EOS
 
     b1 = bench_stage1()
     shapes = b1.small_shapes() if small else b1.EIGHT_B
@@ -179,12 +180,12 @@ def build_random_synthesizer(out: Path, small: bool, layers: int) -> Path:
 
 
 def make_pairs(out: Path, num_pairs: int, width: int, height: int, caption_words: int) -> dict[str, Path]:
-    """adamllm.fixtures' caption pairs, pictures scaled to width x height (an anyres grid size) and
+    """adamllm.testing.fixtures' caption pairs, pictures scaled to width x height (an anyres grid size) and
     captions lengthened with filler words, so prompts are as long as real ones."""
     from PIL import Image
 
-    from adamllm.fixtures import FILLER, make_caption_pairs
-    from adamllm.formats import write_json_list
+    from adamllm.testing.fixtures import FILLER, make_caption_pairs
+    from adamllm.core.jsonfiles import write_json_list
 
     pairs = make_caption_pairs(out, num_pairs)
     rng = random.Random(0)
@@ -283,7 +284,7 @@ def gpu_table(args, extra: list[str]) -> int:
     """GPU mode: the table of synthesis throughput at the synthesizer's real shapes; exit status."""
     from transformers import AutoConfig
 
-    from adamllm.model_io import image_token_count, load_processor
+    from adamllm.models.model_io import image_token_count, load_processor
 
     args.layers = args.layers or (bench_stage1().small_shapes().layers if args.small else 32)
     args.num_pairs = args.num_pairs or (16 if args.small else 256)

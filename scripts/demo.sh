@@ -32,7 +32,7 @@ step "2/5 seed data in the three published formats (Vision-Flan, ALLaVA caption,
 "$PY" - "$OUT" <<'PY'
 import sys
 
-from adamllm.fixtures import combine_caption_pairs, make_caption_pairs
+from adamllm.testing.fixtures import combine_caption_pairs, make_caption_pairs
 
 out = sys.argv[1]
 shapes = make_caption_pairs(f"{out}/shapes", 24, seed=1)

@@ -26,7 +26,7 @@ def write_json(path, obj):
 def pairs_with_bad_images(root, num_pairs: int, seed: int, missing: int, corrupt: int) -> dict:
     """Generated stage-2 pairs where record `missing` names an absent image and record `corrupt`'s
     image file is not an image."""
-    from adamllm.fixtures import make_caption_pairs
+    from adamllm.testing.fixtures import make_caption_pairs
 
     out = make_caption_pairs(root, num_pairs, seed=seed)
     records = read_json(out["data_path"])
@@ -38,7 +38,7 @@ def pairs_with_bad_images(root, num_pairs: int, seed: int, missing: int, corrupt
 
 @pytest.fixture
 def seed_fixtures(tmp_path):
-    from adamllm.fixtures import make_seed_fixtures
+    from adamllm.testing.fixtures import make_seed_fixtures
 
     return make_seed_fixtures(tmp_path / "seed", num_images=30, seed=1)
 
@@ -54,6 +54,6 @@ os.environ.setdefault("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="adamllm-vllm-c
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """The tiny synthesizer and checker, built once per test session."""
-    from adamllm.tiny import make_tiny_models
+    from adamllm.testing.tiny import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny"))

@@ -14,10 +14,10 @@ import logging
 import sys
 from pathlib import Path
 
-from adamllm.cli import convert_llava, export, filter, fixtures, format_data, merge_seed, report, run, synthesize, tiny_models, train
-from adamllm.run_folder import SHARDS_DIR
+from adamllm.cli import convert_llava, export, filter, format, make_seed_fixtures, make_tiny_models, merge_seed, report, run, synthesize, train
+from adamllm.core.run_folder import SHARDS_DIR
 
-COMMANDS = (merge_seed, train, run, synthesize, filter, format_data, report, export, convert_llava, tiny_models, fixtures)
+COMMANDS = (merge_seed, train, run, synthesize, filter, format, report, export, convert_llava, make_tiny_models, make_seed_fixtures)
 
 EPILOG = """\
 The pipeline:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adamllm {args.command}: failed: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # a read-only folder, a full disk, an output path under a file
-        from adamllm.files import describe_os_error
+        from adamllm.core.files import describe_os_error
 
         print(f"adamllm {args.command}: failed: {describe_os_error(e)}", file=sys.stderr)
         return 1

@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adamllm.convert_llava import ConvertArgs, convert
+    from adamllm.models.convert_llava import ConvertArgs, convert
 
     print(convert(ConvertArgs(src=args.src, out=args.out, vision_tower=args.vision_tower)))
     return 0

@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
 
 
 def run(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from adamllm.export import ExportArgs, run_export
+    from adamllm.results.export import ExportArgs, run_export
 
     try:
         args = ExportArgs(output_dir=ns.output_dir, to=ns.to, image_folder=ns.image_folder, push_to_hub=ns.push_to_hub, private=ns.private)

@@ -1,7 +1,7 @@
 """adamllm filter: stage 2b, a text LLM keeps only consistent triplets."""
 
 from adamllm.cli.args import add_dataclass_command
-from adamllm.consistency import FilterArgs
+from adamllm.stage2.filter import FilterArgs
 
 EXAMPLE = """\
 examples:
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: FilterArgs) -> int:
-    from adamllm.consistency import run_filter
+    from adamllm.stage2.filter import run_filter
 
     stats = run_filter(args)
     if stats is None:

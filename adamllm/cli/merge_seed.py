@@ -1,7 +1,7 @@
 """adamllm merge-seed: stage 1a, the seed data merged into synthesizer training records."""
 
 from adamllm.cli.args import add_dataclass_command
-from adamllm.seed import MergeSeedArgs
+from adamllm.stage1.merge_seed import MergeSeedArgs
 
 EXAMPLE = """\
 example:
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: MergeSeedArgs) -> int:
-    from adamllm.seed import run_merge_seed
+    from adamllm.stage1.merge_seed import run_merge_seed
 
     summary = run_merge_seed(args)
     print(

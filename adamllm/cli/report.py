@@ -2,7 +2,7 @@
 
 import argparse
 
-from adamllm.report_summary import CARDS_PER_GROUP
+from adamllm.results.report_summary import CARDS_PER_GROUP
 
 
 def add_parser(sub) -> None:
@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from adamllm.report import write_report
+    from adamllm.results.report import write_report
 
     try:
         path = write_report(args.output_dir, args.image_folder, args.cards_per_group, args.seed)

@@ -1,7 +1,7 @@
 """adamllm run: stage 2 end to end (synthesize, filter, format) into one output folder."""
 
 from adamllm.cli.args import add_dataclass_command
-from adamllm.pipeline import RunArgs
+from adamllm.stage2.run import RunArgs
 
 EXAMPLE = """\
 example:
@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: RunArgs) -> int:
-    from adamllm.pipeline import FINAL_FILE, run_pipeline
+    from adamllm.stage2.run import FINAL_FILE, run_pipeline
 
     stats = run_pipeline(args)
     s, f, o = stats["synthesize"], stats["filter"], stats["format"]

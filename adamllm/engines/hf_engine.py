@@ -11,7 +11,7 @@ class HfEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from adamllm.model_io import load_synthesizer
+        from adamllm.models.model_io import load_synthesizer
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = args.dtype

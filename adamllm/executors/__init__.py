@@ -1,11 +1,11 @@
-"""Executors run a model stage (`adamllm.stage.Stage`) over its records and leave its merged output
+"""Executors run a model stage (`adamllm.executors.stage.Stage`) over its records and leave its merged output
 in OUTPUT_DIR; they differ only in where batches run:
 
 - `local`: this machine; one worker process per GPU in CUDA_VISIBLE_DEVICES, or one shard of many
   (`--num_shards K --shard_index I`) for a cluster scheduler over a shared file system;
 - `ray`: a pool of Ray actors, one per GPU of a Ray cluster (or of this machine), fed by Ray Data.
 
-Both write the same shard files (`adamllm.shards`) and so resume, refuse to mix runs and merge alike.
+Both write the same shard files (`adamllm.executors.shards`) and so resume, refuse to mix runs and merge alike.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from adamllm import run_folder
+from adamllm.core import run_folder
 
 EXECUTORS = ("local", "ray")
 
@@ -59,8 +59,8 @@ def run_stage(stage) -> dict | None:
     the folder is refused, naming this one), shards that cannot be resumed as they stand are refused
     (or, with --overwrite, redone), and the merge checks one output record per input record.
     """
-    from adamllm.files import clean_stale_tmp, hold_lock
-    from adamllm.shards import Shard, check_resume, merge_shards
+    from adamllm.core.files import clean_stale_tmp, hold_lock
+    from adamllm.executors.shards import Shard, check_resume, merge_shards
 
     args = stage.args
     out_dir = Path(args.output_dir)
@@ -106,8 +106,8 @@ def run_stage(stage) -> dict | None:
 def stage_lock(stage) -> Iterator[None]:
     """Lock what a stage writes for this run: the whole stage, or for a cluster shard
     (`--shard_index I`) its own shard, beside the other shards of the stage."""
-    from adamllm.files import hold_lock
-    from adamllm.shards import Shard
+    from adamllm.core.files import hold_lock
+    from adamllm.executors.shards import Shard
 
     args = stage.args
     out_dir = Path(args.output_dir)
@@ -124,6 +124,6 @@ def stage_lock(stage) -> Iterator[None]:
 
 def shard_lock(shard_file: Path):
     """Held by whoever writes one shard file (a cluster shard, a worker of the local executor)."""
-    from adamllm.files import hold_lock
+    from adamllm.core.files import hold_lock
 
     return hold_lock(run_folder.shard_lock_path(shard_file), str(shard_file))

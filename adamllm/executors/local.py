@@ -3,7 +3,7 @@
     CUDA_VISIBLE_DEVICES=0,1,2,3 adamllm synthesize ...          # one worker per GPU, then merge
     adamllm synthesize ... --num_shards 64 --shard_index 7        # one shard (a cluster job)
 
-Workers start as `python -m adamllm.worker SPEC.json`, their stage and arguments written as data.
+Workers start as `python -m adamllm.executors.worker SPEC.json`, their stage and arguments written as data.
 The parent waits for them (ending stragglers past --shard_timeout_s); `adamllm.executors.run_stage`
 locks, checks and merges.
 """
@@ -19,11 +19,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from adamllm import run_folder
-from adamllm.formats import write_json
-from adamllm.shards import Shard, ShardWriter, batches, recover, stats_file
-from adamllm.stage import Stage, load, run_batch_isolating
-from adamllm.worker import stage_spec
+from adamllm.core import run_folder
+from adamllm.core.jsonfiles import write_json
+from adamllm.executors.shards import Shard, ShardWriter, batches, recover, stats_file
+from adamllm.executors.stage import Stage, load, run_batch_isolating, stage_spec
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ def launch_workers(stage: Stage, devices: list[str], timeout_s: float | None) ->
     for index, device in enumerate(devices):
         spec = run_folder.worker_spec_path(stage.args.output_dir, stage.output_file, index, count)
         write_json(spec, stage_spec(stage, num_shards=count, shard_index=index))
-        cmd = [sys.executable, "-m", "adamllm.worker", str(spec)]
+        cmd = [sys.executable, "-m", "adamllm.executors.worker", str(spec)]
         log.info("%s shard %d/%d on device %s: %s", stage.name, index, count, device, " ".join(cmd))
         procs.append(subprocess.Popen(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=device)))
     deadline = time.monotonic() + timeout_s if timeout_s else None

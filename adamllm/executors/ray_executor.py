@@ -22,11 +22,10 @@ from pathlib import Path
 
 from ray.data import Datasource
 
-from adamllm import run_folder
-from adamllm.formats import json_line, write_json
-from adamllm.shards import Shard, ShardWriter, recover, stats_file
-from adamllm.stage import Stage, add, load, run_batch_isolating
-from adamllm.worker import build_stage, stage_spec
+from adamllm.core import run_folder
+from adamllm.core.jsonfiles import json_line, write_json
+from adamllm.executors.shards import Shard, ShardWriter, recover, stats_file
+from adamllm.executors.stage import Stage, add, build_stage, load, run_batch_isolating, stage_spec
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ ACTOR_START_TIMEOUT_S = 3600
 class StageActor:
     """One Ray actor: builds its stage from data, loads the engine once, runs batches.
 
-    Subclassed per run with the stage as data (`adamllm.worker.stage_spec`) as a class attribute (`_actor_class`):
+    Subclassed per run with the stage as data (`adamllm.executors.stage.stage_spec`) as a class attribute (`_actor_class`):
     Ray keeps constructor arguments in its object store, and warns that an actor restarted after
     losing them could not be rebuilt.
     """

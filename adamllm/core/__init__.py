@@ -1,0 +1,1 @@
+"""The data core: prompts and parsing, file formats and JSON files, images, run folders and stats. Imports nothing else of adamllm."""

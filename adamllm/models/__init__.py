@@ -1,0 +1,1 @@
+"""Loading, checking and saving the models (and converting the LLaVA repo's checkpoints)."""

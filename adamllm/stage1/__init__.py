@@ -1,0 +1,1 @@
+"""Stage 1: merge the seed data, then fine-tune the synthesizer on it."""

@@ -1,0 +1,1 @@
+"""Tiny local models and procedural fixtures, for tests, the demo and benchmarks (no hub needed)."""
