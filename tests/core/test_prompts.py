@@ -1,4 +1,4 @@
-"""Golden strings: every prompt the pipeline renders, byte for byte (spec: pipeline.md)."""
+"""Golden strings: every prompt the pipeline renders, byte for byte, as the public release renders them."""
 
 import pytest
 
