@@ -16,6 +16,8 @@ import itertools
 import json
 import logging
 import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -172,6 +174,51 @@ class ShardWriter:
 
     def close(self) -> None:
         self._fh.close()
+
+
+class ShardRun:
+    """One run of a shard file, the loop both executors share: the done marker removed, the file
+    recovered and the shard's costs so far loaded; each finished batch appended durably with its
+    costs added and the `.stats.json` rewritten; the done marker written, with the record count,
+    once every record is in. Where batches run, and how their costs arrive, is the executor's."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.marker = done_marker(path)
+        self.marker.unlink(missing_ok=True)  # a rerun of a finished shard: recounted by `finish`
+        self.done = set(recover(path))
+        self.stats_path = stats_file(path)
+        # Costs accumulate across resumed runs; the executor adds a batch's to `stats` before `append`.
+        self.stats: dict = json.loads(self.stats_path.read_text()) if self.stats_path.exists() else {}
+        self.kept = self.rejected = 0
+        self._writer: ShardWriter | None = None
+
+    @contextmanager
+    def writing(self) -> Iterator[ShardRun]:
+        """The shard file open for `append` (created if missing), closed however the loop ends."""
+        self._writer = ShardWriter(self.path)
+        try:
+            yield self
+        finally:
+            self._writer.close()
+            self._writer = None
+
+    def append(self, lines: Iterable[str], kept: int, start: float, **extra) -> None:
+        """Append a finished batch (its records serialized, `kept` of them kept), add the wall time
+        since `start` (time.monotonic) and rewrite the stats file, with `extra` keys after the costs."""
+        lines = list(lines)
+        self._writer.write_lines(lines)
+        self.stats["wall_s"] = self.stats.get("wall_s", 0.0) + time.monotonic() - start
+        self.save_stats(**extra)
+        self.kept, self.rejected = self.kept + kept, self.rejected + len(lines) - kept
+
+    def save_stats(self, **extra) -> None:
+        write_json(self.stats_path, {**self.stats, **extra})
+
+    def finish(self) -> Path:
+        """Mark the shard done with the number of records its file holds."""
+        write_json(self.marker, {"records": len(recover(self.path))})
+        return self.path
 
 
 def batches(records: Iterator[tuple[int, dict]], size: int) -> Iterator[list[tuple[int, dict]]]:
