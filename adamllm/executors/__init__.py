@@ -60,7 +60,8 @@ def run_stage(stage) -> dict | None:
     (or, with --overwrite, redone), and the merge checks one output record per input record.
     """
     from adamllm.core.files import clean_stale_tmp, hold_lock
-    from adamllm.executors.shards import Shard, check_resume, merge_shards
+    from adamllm.executors.resume import check_resume
+    from adamllm.executors.shards import Shard, merge_shards
 
     args = stage.args
     out_dir = Path(args.output_dir)

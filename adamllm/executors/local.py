@@ -10,7 +10,6 @@ locks, checks and merges.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -20,8 +19,8 @@ from collections import Counter
 from pathlib import Path
 
 from adamllm.core import run_folder
-from adamllm.core.jsonfiles import write_json
-from adamllm.executors.shards import Shard, ShardWriter, batches, recover, stats_file
+from adamllm.core.jsonfiles import json_line, write_json
+from adamllm.executors.shards import Shard, ShardRun, batches
 from adamllm.executors.stage import Stage, load, run_batch_isolating, stage_spec
 
 log = logging.getLogger(__name__)
@@ -77,36 +76,20 @@ def run_shard(stage: Stage, shard: Shard, process, progress) -> Path:
     tokens) to `stats`, which accumulate across resumed runs in the shard's `.stats.json`; `upcoming`
     is the next batch (None for the last), whose images may start decoding meanwhile.
     """
-    out_dir = Path(stage.args.output_dir)
-    path = shard.path(out_dir, stage.output_file)
-    marker = run_folder.done_marker(path)
-    if marker.exists():
-        marker.unlink()  # a rerun of a finished shard: recounted below
-    done = set(recover(path))
-    stats_path = stats_file(path)
-    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-    progress.update(len(done))
-    writer = ShardWriter(path)
-    n_kept = n_rejected = 0
-    try:
-        todo = ((i, r) for i, r in stage.records() if shard.owns(i) and i not in done)
+    run = ShardRun(shard.path(Path(stage.args.output_dir), stage.output_file))
+    progress.update(len(run.done))
+    with run.writing():
+        todo = ((i, r) for i, r in stage.records() if shard.owns(i) and i not in run.done)
         pending = batches(todo, stage.args.batch_size)
         upcoming = next(pending, None)
         while upcoming is not None:
             batch, upcoming = upcoming, next(pending, None)
             start = time.monotonic()
-            out = process(batch, stats, upcoming)
-            writer.write(out)
-            stats["wall_s"] = stats.get("wall_s", 0.0) + time.monotonic() - start
-            write_json(stats_path, stats)
-            n = sum(map(stage.kept, out))
-            n_kept, n_rejected = n_kept + n, n_rejected + len(out) - n
-            progress.set_postfix(kept=n_kept, rejected=n_rejected, resumed=len(done), refresh=False)
+            out = process(batch, run.stats, upcoming)
+            run.append(map(json_line, out), sum(map(stage.kept, out)), start)
+            progress.set_postfix(kept=run.kept, rejected=run.rejected, resumed=len(run.done), refresh=False)
             progress.update(len(batch))
-    finally:
-        writer.close()
-    write_json(marker, {"records": len(recover(path))})
-    return path
+    return run.finish()
 
 
 def launch_workers(stage: Stage, devices: list[str], timeout_s: float | None) -> None:

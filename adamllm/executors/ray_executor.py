@@ -22,9 +22,8 @@ from pathlib import Path
 
 from ray.data import Datasource
 
-from adamllm.core import run_folder
-from adamllm.core.jsonfiles import json_line, write_json
-from adamllm.executors.shards import Shard, ShardWriter, recover, stats_file
+from adamllm.core.jsonfiles import json_line
+from adamllm.executors.shards import Shard, ShardRun
 from adamllm.executors.stage import Stage, add, build_stage, load, run_batch_isolating, stage_spec
 
 log = logging.getLogger(__name__)
@@ -79,47 +78,32 @@ def run_ray(stage: Stage) -> None:
     from tqdm import tqdm
 
     args = stage.args
-    out_dir = Path(args.output_dir)
-    shard = Shard(0, 1)
-    path = shard.path(out_dir, stage.output_file)
-    marker = run_folder.done_marker(path)
-    marker.unlink(missing_ok=True)
-    done = set(recover(path))
+    run = ShardRun(Shard(0, 1).path(Path(args.output_dir), stage.output_file))
     total, todo = 0, []  # the syn_ids still to do: where the read tasks' slices begin and end
     for syn_id, _ in stage.records():  # streamed: checks the input, keeps no record
         total += 1
-        if syn_id not in done:
+        if syn_id not in run.done:
             todo.append(syn_id)
-    stats_path = stats_file(path)
-    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-    nodes = set(stats.pop("nodes", []))
+    nodes = set(run.stats.pop("nodes", []))
     if todo:
         _connect(args.ray_address)
-        dataset = _dataset(stage, todo, done)
-        writer = ShardWriter(path)
-        n_kept = 0
+        dataset = _dataset(stage, todo, run.done)
         start = time.monotonic()
-        try:
-            with tqdm(total=total, initial=len(done), desc=f"{stage.name} (ray)", unit="rec", dynamic_ncols=True) as bar:
-                for block in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                    writer.write_lines(block["output"])
-                    for row in block["stats"]:
-                        if row:
-                            costs = json.loads(row)
-                            nodes.update(costs.pop("nodes"))
-                            costs["worker_wall_s"] = costs.pop("wall_s")
-                            add(stats, **costs)
-                    n_kept += int(block["kept"].sum())
-                    stats["wall_s"] = stats.get("wall_s", 0.0) + time.monotonic() - start
-                    start = time.monotonic()
-                    write_json(stats_path, {**stats, "nodes": sorted(nodes)})
-                    bar.set_postfix(kept=n_kept, resumed=len(done), refresh=False)
-                    bar.update(len(block["output"]))
-        finally:
-            writer.close()
-    stats["ray_nodes"] = len(nodes)
-    write_json(stats_path, {**stats, "nodes": sorted(nodes)})
-    write_json(marker, {"records": len(recover(path))})
+        with run.writing(), tqdm(total=total, initial=len(run.done), desc=f"{stage.name} (ray)", unit="rec", dynamic_ncols=True) as bar:
+            for block in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                for row in block["stats"]:
+                    if row:
+                        costs = json.loads(row)
+                        nodes.update(costs.pop("nodes"))
+                        costs["worker_wall_s"] = costs.pop("wall_s")
+                        add(run.stats, **costs)
+                run.append(block["output"], int(block["kept"].sum()), start, nodes=sorted(nodes))
+                start = time.monotonic()
+                bar.set_postfix(kept=run.kept, resumed=len(run.done), refresh=False)
+                bar.update(len(block["output"]))
+    run.stats["ray_nodes"] = len(nodes)
+    run.save_stats(nodes=sorted(nodes))
+    run.finish()
 
 
 def _connect(address: str) -> None:

@@ -10,18 +10,19 @@ about the files (named in `adamllm.core.run_folder`).
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import itertools
 import json
 import logging
 import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from adamllm.core import run_folder
-from adamllm.core.files import atomic_write, file_sha256
+from adamllm.core.files import atomic_write
 from adamllm.core.records import SYN_ID
 from adamllm.core.jsonfiles import json_line, read_jsonl, write_json
 
@@ -83,7 +84,7 @@ def recover(path: Path) -> list[int]:
 
 def _sort_runs(path: Path) -> None:
     """Merge a shard file's runs of increasing syn_ids into one. A resume that redid records (see
-    `drop_changed`) appended them after later ones; the merge needs each shard file in order."""
+    `adamllm.executors.resume.drop_changed`) appended them after later ones; the merge needs each shard file in order."""
     runs, start, offset, last = [], 0, 0, None
     with open(path, "rb") as fh:
         for line in fh:
@@ -107,23 +108,6 @@ def _sort_runs(path: Path) -> None:
     with atomic_write(path) as out:
         for _, line in heapq.merge(*(read(lo, hi) for lo, hi in runs), key=lambda item: item[0]):
             out.write(line)
-
-
-def drop_changed(stage, path: Path) -> int:
-    """Remove from a shard file the finished records the stage says are stale (`stage.changed`: the
-    image a synthesized record was made from was replaced since), so a resume redoes them."""
-    changed = getattr(stage, "changed", None)
-    if changed is None or not path.exists():
-        return 0
-    with open(path, "rb") as fh:
-        stale = {r[SYN_ID] for r in (json.loads(line) for line in fh if line.endswith(b"\n") and line.strip()) if changed(r)}
-    if stale:
-        log.info("%s: redoing %d finished records whose image changed since they were made", path, len(stale))
-        with open(path, "rb") as fh, atomic_write(path) as out:
-            for line in fh:
-                if line.endswith(b"\n") and line.strip() and json.loads(line)[SYN_ID] not in stale:
-                    out.write(line.decode("utf-8"))
-    return len(stale)
 
 
 def _line_syn_id(line: bytes) -> int | None:
@@ -172,6 +156,51 @@ class ShardWriter:
 
     def close(self) -> None:
         self._fh.close()
+
+
+class ShardRun:
+    """One run of a shard file, the loop both executors share: the done marker removed, the file
+    recovered and the shard's costs so far loaded; each finished batch appended durably with its
+    costs added and the `.stats.json` rewritten; the done marker written, with the record count,
+    once every record is in. Where batches run, and how their costs arrive, is the executor's."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.marker = done_marker(path)
+        self.marker.unlink(missing_ok=True)  # a rerun of a finished shard: recounted by `finish`
+        self.done = set(recover(path))
+        self.stats_path = stats_file(path)
+        # Costs accumulate across resumed runs; the executor adds a batch's to `stats` before `append`.
+        self.stats: dict = json.loads(self.stats_path.read_text()) if self.stats_path.exists() else {}
+        self.kept = self.rejected = 0
+        self._writer: ShardWriter | None = None
+
+    @contextmanager
+    def writing(self) -> Iterator[ShardRun]:
+        """The shard file open for `append` (created if missing), closed however the loop ends."""
+        self._writer = ShardWriter(self.path)
+        try:
+            yield self
+        finally:
+            self._writer.close()
+            self._writer = None
+
+    def append(self, lines: Iterable[str], kept: int, start: float, **extra) -> None:
+        """Append a finished batch (its records serialized, `kept` of them kept), add the wall time
+        since `start` (time.monotonic) and rewrite the stats file, with `extra` keys after the costs."""
+        lines = list(lines)
+        self._writer.write_lines(lines)
+        self.stats["wall_s"] = self.stats.get("wall_s", 0.0) + time.monotonic() - start
+        self.save_stats(**extra)
+        self.kept, self.rejected = self.kept + kept, self.rejected + len(lines) - kept
+
+    def save_stats(self, **extra) -> None:
+        write_json(self.stats_path, {**self.stats, **extra})
+
+    def finish(self) -> Path:
+        """Mark the shard done with the number of records its file holds."""
+        write_json(self.marker, {"records": len(recover(self.path))})
+        return self.path
 
 
 def batches(records: Iterator[tuple[int, dict]], size: int) -> Iterator[list[tuple[int, dict]]]:
@@ -280,126 +309,3 @@ def sum_stats(stats: list[dict]) -> dict:
                 total[key] = total.get(key, 0) + value
     total["shards"] = len(stats)
     return total
-
-
-# Argument fields that cannot change an output record, and why. Every other field of a stage's
-# argument dataclass is in its fingerprint (`stage_fingerprint`): a flag added later is in it by
-# default, so a resume with another value of it starts over instead of mixing outputs.
-NOT_FINGERPRINTED = {
-    "data_path": "the input file is fingerprinted itself: its resolved path, size and sha256",
-    "prompt_file": "its text is fingerprinted instead (prompt_sha256): the file may move",
-    "output_dir": "where the records go, not what they hold",
-    "overwrite": "whether to start over, not what is written",
-    "num_shards": "which records run together; each shard count has its own fingerprint file",
-    "shard_index": "which shard this process runs",
-    "shard_timeout_s": "when a worker is ended; a record is written whole or not at all",
-    "executor": "local and Ray run the same batch function into the same shard file",
-    "ray_address": "where Ray runs",
-    "num_workers": "how many Ray actors run",
-    "batch_size": "records per engine call: the same outputs (tests/stage2/test_run.py, docs/gpu.md)",
-    "max_batch_pixels": "a batch goes to the engine in parts, each image whole: the same outputs (tests/end_to_end/test_hostile_stages.py)",
-    "decode_threads": "who decodes the images, not how",
-    "prefix_caching": "docs/gpu.md: identical outputs with and without",
-    "mm_processor_cache_gb": "a cache of processed images: an image is processed the same either way",
-}
-
-
-def stage_fingerprint(args, **extra) -> dict:
-    """What a model stage's results depend on: its input file (`args.data_path`) and every field of
-    its argument dataclass but those in NOT_FINGERPRINTED, with `extra` values (a prompt's hash)."""
-    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name not in NOT_FINGERPRINTED}
-    return input_fingerprint(args.data_path, **settings, **extra)
-
-
-def check_shards(out_dir: Path, stage_file: str, shards: list[Shard], input_ids: Iterable[int], overwrite: bool = False) -> None:
-    """Refuse shard files that a run cannot resume as they stand, naming the file, the syn_id and the
-    line: a line that is no record, a syn_id twice or out of order, a record of another shard or of
-    no input record. With `overwrite` such a shard is started over instead.
-
-    `input_ids`: the stage's input syn_ids, streamed once for all the shards.
-    """
-    held: dict[int, set[int]] = {}  # shard index: the syn_ids its file holds
-    for shard in shards:
-        path = shard.path(out_dir, stage_file)
-        try:
-            ids = recover(path)
-        except ValueError as e:
-            _refuse_or_restart(shard.path(out_dir, stage_file), str(e), overwrite)
-            continue
-        foreign = next((i for i in ids if not shard.owns(i)), None)
-        if foreign is not None:
-            _refuse_or_restart(path, f"{path}: syn_id {foreign} belongs to shard {foreign % shard.count}", overwrite)
-            continue
-        if ids:
-            held[shard.index] = set(ids)
-    if not held:
-        return  # nothing to resume: the input need not be read
-    count = shards[0].count
-    for syn_id in input_ids:
-        if (ids := held.get(syn_id % count)) is not None:
-            ids.discard(syn_id)
-    for index, ids in held.items():
-        if ids:
-            path = Shard(index, count).path(out_dir, stage_file)
-            _refuse_or_restart(path, f"{path}: syn_id {min(ids)} is not in the stage's input (a record of another input)", overwrite)
-
-
-def _refuse_or_restart(path: Path, problem: str, overwrite: bool) -> None:
-    if not overwrite:
-        raise ValueError(f"{problem}. Rerun with --overwrite to redo this shard's records, or delete {path}")
-    for own in (path, done_marker(path), stats_file(path)):
-        own.unlink(missing_ok=True)
-    log.warning("%s; --overwrite: starting this shard over", problem)
-
-
-def input_fingerprint(path: str | Path, **settings) -> dict:
-    """What a stage's results depend on: its input file (path, size, a hash of all its bytes) and
-    the settings that change the output (model, limits, prompt).
-
-    The whole file is hashed, streamed: an edit anywhere, even one that keeps the size, is seen.
-    """
-    p = Path(path)
-    return {"input": str(p.resolve()), "size": p.stat().st_size, "sha256": file_sha256(p), **settings}
-
-
-def check_resume(stage, shards: list[Shard], input_ids: Iterable[int]) -> None:
-    """Before a stage runs `shards`: start over what was made for other input or settings
-    (`check_fingerprint`), refuse (or with --overwrite redo) shard files that cannot be resumed as
-    they stand (`check_shards`), and redo the finished records that went stale (`drop_changed`)."""
-    args = stage.args
-    out_dir = Path(args.output_dir)
-    check_fingerprint(out_dir, stage.output_file, shards[0].count, stage.fingerprint(), args.overwrite)
-    check_shards(out_dir, stage.output_file, shards, input_ids, args.overwrite)
-    for shard in shards:
-        drop_changed(stage, shard.path(out_dir, stage.output_file))
-
-
-def _complete_lines(path: Path) -> int:
-    with open(path, "rb") as fh:
-        return sum(line.endswith(b"\n") for line in fh)
-
-
-def check_fingerprint(out_dir: Path, stage_file: str, count: int, fingerprint: dict, overwrite: bool = False) -> None:
-    """Refuse to resume shards written for other input or settings: their records would leak in.
-
-    Shards that hold no finished record yet (a run that failed before its first batch, say on a
-    wrong model name) are simply started over; `overwrite` starts over whatever they hold.
-    """
-    stem = run_folder.stem(stage_file)
-    folder = run_folder.shards_dir(out_dir)
-    path = run_folder.fingerprint_path(out_dir, stage_file, count)
-    if path.exists():
-        old = json.loads(path.read_text())
-        changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-        if changed:
-            finished = sum(_complete_lines(p) for p in run_folder.stage_shard_files(out_dir, stage_file))
-            if finished and not overwrite:
-                raise ValueError(
-                    f"{folder} holds {finished} {stem} records written for another input or other settings "
-                    f"(changed: {', '.join(changed)}). To start this stage over, pass --overwrite or delete "
-                    f"{folder}/{stem}.* ; or use a new --output_dir"
-                )
-            for old_file in run_folder.stage_work_files(out_dir, stage_file):
-                old_file.unlink()
-            log.info("%s: starting %s over (%d finished records of other settings deleted)", folder, stem, finished)
-    write_json(path, fingerprint)

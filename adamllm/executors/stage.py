@@ -49,7 +49,7 @@ class Stage(Protocol):
     # Optional: `image_path(record) -> Path | None`, the image a record's request will carry (None when
     # it has none or is unusable), so executors can decode the next batch's images ahead of time; and
     # `changed(output) -> bool`, whether a finished output went stale (its image was replaced), so a
-    # resume redoes it (adamllm.executors.shards.check_resume).
+    # resume redoes it (adamllm.executors.resume.check_resume).
 
 
 def stage_spec(stage, **overrides) -> dict:

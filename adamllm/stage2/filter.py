@@ -23,7 +23,7 @@ from adamllm.core.jsonfiles import iter_input_records, read_jsonl
 from adamllm.core.parse import collect_triplet, parse_pairs, parse_verdict
 from adamllm.core.prompts import check_filter_template, default_filter_template, filter_prompt
 from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
-from adamllm.executors.shards import stage_fingerprint
+from adamllm.executors.resume import stage_fingerprint
 from adamllm.core.stats import PROVENANCE, check_made_from, provenance, update_stats
 from adamllm.core.tokens import count_tokens
 

@@ -27,7 +27,7 @@ from adamllm.core.files import atomic_write
 from adamllm.core.images import image_size, image_stat, open_image, resolve_image_path
 from adamllm.models.model_io import check_processor, image_token_count
 from adamllm.core.prompts import EOS, synthesizer_prompt
-from adamllm.executors.shards import stage_fingerprint
+from adamllm.executors.resume import stage_fingerprint
 from adamllm.executors.stage import add
 from adamllm.core.stats import PROVENANCE, provenance, update_stats
 from adamllm.core.tokens import count_tokens

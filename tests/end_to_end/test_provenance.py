@@ -15,7 +15,7 @@ from adamllm.stage2.filter import FilterArgs, FilterStage, run_filter
 from adamllm.testing.fixtures import make_caption_pairs
 from adamllm.stage2.run import RunArgs, run_pipeline
 from adamllm.results.report import write_report
-from adamllm.executors.shards import NOT_FINGERPRINTED
+from adamllm.executors.resume import NOT_FINGERPRINTED
 from adamllm.stage2.synthesize import SynthesizeArgs, SynthesizeStage, run_synthesize
 from conftest import read_json, read_jsonl
 from builders import handwritten

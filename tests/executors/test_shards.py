@@ -111,7 +111,7 @@ def test_recover_names_a_damaged_shard_line(tmp_path, lines, problem):
 
 
 def test_check_shards_refuses_what_cannot_resume_and_overwrite_redoes_only_that_shard(tmp_path):
-    from adamllm.executors.shards import check_shards
+    from adamllm.executors.resume import check_shards
 
     shards = [Shard(0, 2), Shard(1, 2)]
     good = write_shard(tmp_path, 2, 0, [0, 2])
@@ -130,7 +130,7 @@ def test_check_shards_refuses_what_cannot_resume_and_overwrite_redoes_only_that_
 
 
 def test_check_shards_reads_no_input_when_no_shard_holds_a_record(tmp_path):
-    from adamllm.executors.shards import check_shards
+    from adamllm.executors.resume import check_shards
 
     def never():
         raise AssertionError("the input was read")
@@ -172,7 +172,7 @@ def test_streaming_memory_does_not_grow_with_the_input(tmp_path):
 
 
 def test_fingerprint_refuses_to_mix_runs(tmp_path):
-    from adamllm.executors.shards import check_fingerprint, input_fingerprint
+    from adamllm.executors.resume import check_fingerprint, input_fingerprint
 
     data = tmp_path / "in.jsonl"
     data.write_text('{"a": 1}\n' * 10)
@@ -191,7 +191,7 @@ def test_fingerprint_refuses_to_mix_runs(tmp_path):
 
 
 def test_fingerprint_sees_a_same_size_edit_in_the_middle_of_a_large_input(tmp_path):
-    from adamllm.executors.shards import input_fingerprint
+    from adamllm.executors.resume import input_fingerprint
 
     data = tmp_path / "in.jsonl"
     rows = [f'{{"caption": "record {i:07d}"}}\n' for i in range(20000)]  # ~600 KB
@@ -205,7 +205,7 @@ def test_fingerprint_sees_a_same_size_edit_in_the_middle_of_a_large_input(tmp_pa
 
 def test_other_settings_start_over_when_nothing_was_finished_or_with_overwrite(tmp_path):
     """A run that failed before its first record (a wrong model name, say) is no reason to refuse the fix."""
-    from adamllm.executors.shards import check_fingerprint, input_fingerprint
+    from adamllm.executors.resume import check_fingerprint, input_fingerprint
 
     data = tmp_path / "in.jsonl"
     data.write_text('{"a": 1}\n')
