@@ -26,9 +26,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from adamllm.core import run_folder
-from adamllm.stage2.curate import CurationArgs, DUPLICATE_QUESTION, LOGPROBS, LOW_YES_PROB, NO_YES_PROB, NUM_PERM, Deduper, lacks_logprob_verdicts, yes_prob
+from adamllm.stage2.curate import CurationArgs, DUPLICATE_QUESTION, LOW_YES_PROB, NO_YES_PROB, NUM_PERM, Deduper, lacks_logprob_verdicts, yes_prob
 from adamllm.core.files import file_sha256, hold_lock
-from adamllm.core.records import COLLECTED_QA, CONSISTENCY, PRED, SYN_ID, CaptionPair, RecordError, Rejects, parse_caption_pair, syn_id_problem
+from adamllm.core.records import COLLECTED_QA, CONSISTENCY, LOGPROBS, PRED, SYN_ID, CaptionPair, RecordError, Rejects, parse_caption_pair, syn_id_problem
 from adamllm.core.formats import STYLES, assistant_message, dataset_info_entry, llava_record, read_dataset_info, sharegpt_record, update_dataset_info, user_message
 from adamllm.core.jsonfiles import iter_input_records, iter_json_records, write_json, write_json_list
 from adamllm.core.files import clean_stale_tmp, replaced_together, tmp_pattern
