@@ -10,7 +10,6 @@ rerun after a crash resumes each stage where it stopped.
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,7 +23,7 @@ from adamllm.models.model_io import check_model, check_processor
 from adamllm.stage2.curate import CurationArgs
 from adamllm.stage2.format import FormatArgs, run_format
 from adamllm.core.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPLETS_FILE, run_lock_path
-from adamllm.core.stats import update_stats
+from adamllm.core.stats import read_stats, update_stats
 from adamllm.stage2.synthesize import SynthesizeArgs, run_synthesize
 
 log = logging.getLogger(__name__)
@@ -116,17 +115,14 @@ def _run_stages(args: RunArgs, out: Path) -> dict:
             prompt_file=args.prompt_file, **args.engine_fields(),
         )
         stats["filter"] = run_filter(filt)
-    start = time.monotonic()
     with stage("format"):
         fmt = FormatArgs(
             data_path=str(out / FILTERED_FILE), image_folder=args.image_folder, output=str(out / FINAL_FILE),
             train_on_syn_only=args.train_on_syn_only, style=args.style, seed=args.seed,
             **{f.name: getattr(args, f.name) for f in fields(CurationArgs)},
         )
-        summary = asdict(run_format(fmt))
-    summary["wall_s"] = time.monotonic() - start
-    update_stats(out, "format", summary, fmt)
-    stats["format"] = summary
+        run_format(fmt)  # it writes its stats.json entry, as the model stages do
+    stats["format"] = {k: v for k, v in read_stats(out / STATS_FILE)["format"].items() if k != "args"}
     update_stats(out, "run", {"args": asdict(args)})
     log.info("stage 2 done: %s; counts and times in %s", out / FINAL_FILE, out / STATS_FILE)
     return stats
