@@ -47,7 +47,7 @@ class RunArgs(EngineSettings, ExecutorArgs, CurationArgs):
     prompt_file: str = field(default="", metadata={"help": "Your own filter prompt file (with {Q}, {informative_A}, {precise_A})."})
     train_on_syn_only: bool = field(default=False, metadata={"help": "Write only records with a kept synthetic task."})
     style: str = field(default="llamafactory", metadata={"help": "Output form: llamafactory or llava.", "choices": list(STYLES)})
-    seed: int = field(default=42, metadata={"help": "Seed of template choice and caption placement (also handed to the engines, whose greedy decoding does not use it)."})
+    seed: int = field(default=42, metadata={"help": "Format's seed: template choice, caption placement, and which duplicates keep their task (--dedup). The engines take --engine_seed."})
 
     def __post_init__(self):
         errors = [f"--{n} is required" for n in ("synthesizer", "checker", "data_path", "image_folder", "output_dir") if not getattr(self, n)]
