@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 
 
 
+def same_as(cls: type, name: str):
+    """A field of `adamllm run` that is a stage's own flag: its default and help are taken from that
+    stage's argument class, so they are said in one place."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return field(default=f.default, metadata=f.metadata)
+
+
 @dataclass
 class RunArgs(EngineSettings, ExecutorArgs, CurationArgs):
     """`adamllm run`: the engine and executor flags are those of synthesize and filter (inherited, so
@@ -40,14 +47,14 @@ class RunArgs(EngineSettings, ExecutorArgs, CurationArgs):
     data_path: str = field(default="", metadata={"help": "Image-caption pairs: a JSON list (or JSONL) of {images, messages} records.", "required": True})
     image_folder: str = field(default="", metadata={"help": "Folder the records' image paths are relative to.", "required": True})
     output_dir: str = field(default="", metadata={"help": "Where every stage writes (see README: files each stage writes).", "required": True})
-    max_new_tokens: int = field(default=512, metadata={"help": "Most tokens the synthesizer writes per record."})
-    limit: int = field(default=0, metadata={"help": "Only the first N records (0: all)."})
-    max_batch_pixels: int = field(default=256_000_000, metadata={"help": "Synthesis: most decoded image pixels held at once (a batch of huge images goes to the engine in parts)."})
-    mode: str = field(default="generate", metadata={"help": "Filter mode: generate (the paper's) or logprob.", "choices": list(MODES)})
-    prompt_file: str = field(default="", metadata={"help": "Your own filter prompt file (with {Q}, {informative_A}, {precise_A})."})
-    train_on_syn_only: bool = field(default=False, metadata={"help": "Write only records with a kept synthetic task."})
-    style: str = field(default="llamafactory", metadata={"help": "Output form: llamafactory or llava.", "choices": list(STYLES)})
-    seed: int = field(default=42, metadata={"help": "Format's seed: template choice, caption placement, and which duplicates keep their task (--dedup). The engines take --engine_seed."})
+    max_new_tokens: int = same_as(SynthesizeArgs, "max_new_tokens")
+    limit: int = same_as(SynthesizeArgs, "limit")
+    max_batch_pixels: int = same_as(SynthesizeArgs, "max_batch_pixels")
+    mode: str = same_as(FilterArgs, "mode")
+    prompt_file: str = same_as(FilterArgs, "prompt_file")
+    train_on_syn_only: bool = same_as(FormatArgs, "train_on_syn_only")
+    style: str = same_as(FormatArgs, "style")
+    seed: int = same_as(FormatArgs, "seed")
 
     def __post_init__(self):
         errors = [f"--{n} is required" for n in ("synthesizer", "checker", "data_path", "image_folder", "output_dir") if not getattr(self, n)]
