@@ -3,7 +3,8 @@
 The training command parses with transformers' `HfArgumentParser` (it extends `TrainingArguments`);
 the data commands use this small equivalent so that `adamllm --help` and the data stages never
 import transformers. Same conventions: a field's `metadata["help"]` is its help, `choices` its
-choices, snake_case flags with dash aliases, checks in the dataclass's `__post_init__`.
+choices, `aliases` its old spellings (kept when a flag is renamed; argparse lists them in --help),
+snake_case flags with dash aliases, checks in the dataclass's `__post_init__`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ T = TypeVar("T")
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per field of `cls` (positional-free: every field is a --flag)."""
     hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
     # Required flags first: a dataclass's inherited optional fields would otherwise lead its --help.
     ordered = sorted(dataclasses.fields(cls), key=lambda f: not f.metadata.get("required", f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING))
     for f in ordered:
         flags = [f"--{f.name}"]
         if "_" in f.name:
             flags.append(f"--{f.name.replace('_', '-')}")
+        # An old spelling that is a field of `cls` itself is that field's flag there (run's --seed).
+        flags += [a for a in f.metadata.get("aliases", ()) if a.removeprefix("--") not in names]
         # argparse %-formats help strings: "10%" must reach it as "10%%".
         kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "").replace("%", "%%")}
         required = f.metadata.get("required", False) or (

@@ -22,11 +22,12 @@ def add_parser(sub) -> None:
 
 
 def run(args: FilterArgs) -> int:
+    from adamllm.core.run_folder import FILTERED_FILE
     from adamllm.stage2.filter import run_filter
 
     stats = run_filter(args)
     if stats is None:
-        print("this shard is done; the last shard to finish writes filtered_task_pairs.jsonl")
+        print(f"this shard is done; the last shard to finish writes {FILTERED_FILE}")
     else:
-        print(f"kept {stats['records_out']} of {stats['records_in']} records (verdicts {stats['verdicts']}) in {args.output_dir}/filtered_task_pairs.jsonl")
+        print(f"kept {stats['records_out']} of {stats['records_in']} records (verdicts {stats['verdicts']}) in {args.output_dir}/{FILTERED_FILE}")
     return 0

@@ -6,11 +6,6 @@ logprob`), and --dedup exact|near keeps at most --max_per_question tasks per (ne
 question. A record they act on keeps its caption task; OUTPUT's .curation.jsonl lists each, with why.
 """
 
-import sys
-import time
-from dataclasses import asdict
-from pathlib import Path
-
 from adamllm.cli.args import add_dataclass_command
 from adamllm.stage2.format import FormatArgs
 
@@ -39,17 +34,8 @@ def add_parser(sub) -> None:
 
 def run(args: FormatArgs) -> int:
     from adamllm.stage2.format import run_format
-    from adamllm.core.run_folder import FINAL_FILE, STATS_FILE
-    from adamllm.core.stats import update_stats
 
-    start = time.monotonic()
     s = run_format(args)
-    output = Path(args.output)
-    if output.name == FINAL_FILE and (output.parent / STATS_FILE).is_file():
-        try:
-            update_stats(output.parent, "format", {**asdict(s), "wall_s": time.monotonic() - start}, args)
-        except ValueError as e:  # a hand-damaged stats.json: the output is written; say what was not
-            print(f"adamllm format: warning: {output.parent / STATS_FILE} not updated (the output is written): {e}", file=sys.stderr)
     print(
         f"wrote {s.records_out} records ({s.synthetic_tasks} with a synthetic task) to {s.output}; "
         f"{sum(s.rejected.values())} rejected {s.rejected or ''}".rstrip()

@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: RunArgs) -> int:
-    from adamllm.stage2.run import FINAL_FILE, run_pipeline
+    from adamllm.core.run_folder import FINAL_FILE
+    from adamllm.stage2.run import run_pipeline
 
     stats = run_pipeline(args)
     s, f, o = stats["synthesize"], stats["filter"], stats["format"]

@@ -24,13 +24,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: SynthesizeArgs) -> int:
+    from adamllm.core.run_folder import PROMPTS_FILE, TRIPLETS_FILE
     from adamllm.stage2.synthesize import run_synthesize
 
     stats = run_synthesize(args)
     if stats is None:
-        print("this shard is done; the last shard to finish writes syn_task_triplets.jsonl")
+        print(f"this shard is done; the last shard to finish writes {TRIPLETS_FILE}")
     elif args.dry_run:
-        print(f"wrote {stats['records_out']} prompts to {args.output_dir}/prompts.jsonl; rejected {stats['rejected'] or 'none'}")
+        print(f"wrote {stats['records_out']} prompts to {args.output_dir}/{PROMPTS_FILE}; rejected {stats['rejected'] or 'none'}")
     else:
-        print(f"synthesized {stats['records_out']} of {stats['records_in']} records into {args.output_dir}/syn_task_triplets.jsonl; rejected {stats['rejected'] or 'none'}")
+        print(f"synthesized {stats['records_out']} of {stats['records_in']} records into {args.output_dir}/{TRIPLETS_FILE}; rejected {stats['rejected'] or 'none'}")
     return 0

@@ -20,6 +20,7 @@ SYN_ID = "syn_id"
 PRED = "pred"
 COLLECTED_QA = "collected_QA"
 CONSISTENCY = "consistency"
+LOGPROBS = "consistency_logprobs"  # {"yes", "no", "open": log-probability} that `adamllm filter --mode logprob` writes
 ERROR = "error"  # {"reason", "detail"} of a record a stage could not use
 # The largest syn_id: the export's int64 column (and most readers outside Python) hold no more.
 MAX_SYN_ID = 2**63 - 1

@@ -40,7 +40,7 @@ class EngineSettings:
     mm_processor_cache_gb: float = field(default=-1.0, metadata={"help": "vLLM: GiB for caching processed images (-1: vLLM's default, 4). The cache helps only when an image comes again; 0 frees its memory."})
     quantization: str = field(default="", metadata={"help": "vLLM: fp8 quantizes the weights to FP8 at load (dynamic activation scales): about twice the matmul rate on Hopper and Ada GPUs and half the weight memory, at a small change in outputs (README: On GPUs). Empty: the checkpoint's weights.", "choices": ["", *QUANTIZATIONS]})
     decode_threads: int = field(default=4, metadata={"help": "Threads that decode and check the next images while the engine runs, so the engine does not wait for PIL."})
-    seed: int = field(default=0, metadata={"help": "Engine seed (decoding is greedy; this only pins what vLLM seeds)."})
+    engine_seed: int = field(default=0, metadata={"help": "Engine seed (decoding is greedy; this only pins what vLLM seeds).", "aliases": ["--seed"]})
 
 
 @dataclass

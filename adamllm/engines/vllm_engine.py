@@ -33,7 +33,7 @@ def llm_kwargs(args: EngineArgs, multimodal: bool, cpu: bool) -> dict:
         # Our sampling params say when to stop; a checkpoint's generation_config.json may list
         # <|eot_id|> as EOS, which would cut the synthesizer's output after its first question.
         generation_config="vllm",
-        seed=args.seed,
+        seed=args.engine_seed,
         enforce_eager=eager,
         gpu_memory_utilization=args.gpu_memory_utilization,
         limit_mm_per_prompt={"image": 1} if multimodal else None,

@@ -28,8 +28,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from adamllm.stage2.curate import LOGPROBS, yes_prob
-from adamllm.core.records import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, RecordError
+from adamllm.stage2.curate import yes_prob
+from adamllm.core.records import COLLECTED_QA, CONSISTENCY, LOGPROBS, ERROR, PRED, SYN_ID, RecordError
 from adamllm.core.jsonfiles import read_json_file, read_run_records
 from adamllm.core.images import load_image, trusted_image_folder
 from adamllm.core.parse import parse_pairs

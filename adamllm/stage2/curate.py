@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from adamllm.core.records import CONSISTENCY
+from adamllm.core.records import CONSISTENCY, LOGPROBS
 
 DEDUP_MODES = ("none", "exact", "near")
 NUM_PERM = 128  # MinHash permutations: the estimate's standard error is about 1 / sqrt(128) = 0.09
@@ -56,7 +56,6 @@ DUPLICATE_QUESTION = "duplicate_question"
 LOW_YES_PROB = "low_yes_prob"
 NO_YES_PROB = "no_yes_prob"  # --min_yes_prob, but this record's log-probabilities are missing or unusable
 VERDICT_WORDS = ("yes", "no", "open")
-LOGPROBS = "consistency_logprobs"  # the field `adamllm filter --mode logprob` writes
 
 _SPACES = re.compile(r"\s+")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from adamllm.core import run_folder
 from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args
-from adamllm.core.records import COLLECTED_QA, CONSISTENCY, ERROR, PRED, SYN_ID, RecordError, Rejects, check_json_values, error_reason, syn_id_problem
+from adamllm.core.records import COLLECTED_QA, CONSISTENCY, ERROR, LOGPROBS, PRED, SYN_ID, RecordError, Rejects, check_json_values, error_reason, syn_id_problem
 from adamllm.core.jsonfiles import iter_input_records, read_jsonl
 from adamllm.core.parse import collect_triplet, parse_pairs, parse_verdict
 from adamllm.core.prompts import check_filter_template, default_filter_template, filter_prompt
@@ -30,7 +30,6 @@ from adamllm.core.tokens import count_tokens
 log = logging.getLogger(__name__)
 
 OUTPUT_FILE = run_folder.FILTERED_FILE
-LOGPROBS = "consistency_logprobs"
 MODES = ("generate", "logprob")
 # The verdict words as the checker writes them after "## Consistent:".
 CANDIDATES = {"yes": " Yes", "no": " No", "open": " Open"}

@@ -20,22 +20,24 @@ import hashlib
 import logging
 import os
 import random
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from adamllm.core import run_folder
-from adamllm.stage2.curate import CurationArgs, DUPLICATE_QUESTION, LOGPROBS, LOW_YES_PROB, NO_YES_PROB, NUM_PERM, Deduper, lacks_logprob_verdicts, yes_prob
+from adamllm.stage2.curate import CurationArgs, DUPLICATE_QUESTION, LOW_YES_PROB, NO_YES_PROB, NUM_PERM, Deduper, lacks_logprob_verdicts, yes_prob
 from adamllm.core.files import file_sha256, hold_lock
-from adamllm.core.records import COLLECTED_QA, CONSISTENCY, PRED, SYN_ID, CaptionPair, RecordError, Rejects, parse_caption_pair, syn_id_problem
+from adamllm.core.records import COLLECTED_QA, CONSISTENCY, LOGPROBS, PRED, SYN_ID, CaptionPair, RecordError, Rejects, parse_caption_pair, syn_id_problem
 from adamllm.core.formats import STYLES, assistant_message, dataset_info_entry, llava_record, read_dataset_info, sharegpt_record, update_dataset_info, user_message
 from adamllm.core.jsonfiles import iter_input_records, iter_json_records, write_json, write_json_list
 from adamllm.core.files import clean_stale_tmp, replaced_together, tmp_pattern
 from adamllm.core.images import check_image, check_image_unchanged, resolve_image_path
 from adamllm.core.parse import Triplet
 from adamllm.core.prompts import CAPTION_HINT, COT_TEMPLATES, INDICATORS, QA_TEMPLATES, fill_task, strip_special_tokens
-from adamllm.core.stats import check_made_from, file_record
+from adamllm.core.stats import check_made_from, file_record, update_stats
 
 log = logging.getLogger(__name__)
 
@@ -276,10 +278,30 @@ def curation_summary(args: FormatArgs, deduper: Deduper | None, summary: FormatS
 
 
 def run_format(args: FormatArgs) -> FormatSummary:
-    """Write the post-training file, its rejects, its summary and its `dataset_info.json` entry;
-    one run at a time per output (a second is refused, naming the first)."""
+    """Write the post-training file, its rejects, its summary and its `dataset_info.json` entry, and
+    when the output is a run folder's final file, the format entry of that folder's stats.json (as
+    synthesize and filter write theirs); one run at a time per output (a second is refused, naming
+    the first)."""
+    start = time.monotonic()
     with hold_lock(run_folder.output_lock_path(args.output), args.output):
-        return _format(args)
+        summary = _format(args)
+        write_stats_entry(args, summary, time.monotonic() - start)
+    return summary
+
+
+def write_stats_entry(args: FormatArgs, summary: FormatSummary, wall_s: float) -> None:
+    """The format entry of the run folder's stats.json, when OUTPUT is that folder's final file (so
+    `adamllm report` and `adamllm export` show this run). A hand-damaged stats.json is warned about,
+    not raised: the output is written by then."""
+    output = Path(args.output)
+    stats_path = output.parent / run_folder.STATS_FILE
+    if output.name != run_folder.FINAL_FILE or not stats_path.is_file():
+        return
+    try:
+        update_stats(output.parent, "format", {**asdict(summary), "wall_s": wall_s}, args)
+    except ValueError as e:
+        # On stderr, not the log: the user must see it even when logging is quiet.
+        print(f"adamllm format: warning: {stats_path} not updated (the output is written): {e}", file=sys.stderr)
 
 
 def _format(args: FormatArgs) -> FormatSummary:

@@ -10,7 +10,6 @@ rerun after a crash resumes each stage where it stopped.
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,11 +23,18 @@ from adamllm.models.model_io import check_model, check_processor
 from adamllm.stage2.curate import CurationArgs
 from adamllm.stage2.format import FormatArgs, run_format
 from adamllm.core.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPLETS_FILE, run_lock_path
-from adamllm.core.stats import update_stats
+from adamllm.core.stats import read_stats, update_stats
 from adamllm.stage2.synthesize import SynthesizeArgs, run_synthesize
 
 log = logging.getLogger(__name__)
 
+
+
+def same_as(cls: type, name: str):
+    """A field of `adamllm run` that is a stage's own flag: its default and help are taken from that
+    stage's argument class, so they are said in one place."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return field(default=f.default, metadata=f.metadata)
 
 
 @dataclass
@@ -41,14 +47,14 @@ class RunArgs(EngineSettings, ExecutorArgs, CurationArgs):
     data_path: str = field(default="", metadata={"help": "Image-caption pairs: a JSON list (or JSONL) of {images, messages} records.", "required": True})
     image_folder: str = field(default="", metadata={"help": "Folder the records' image paths are relative to.", "required": True})
     output_dir: str = field(default="", metadata={"help": "Where every stage writes (see README: files each stage writes).", "required": True})
-    max_new_tokens: int = field(default=512, metadata={"help": "Most tokens the synthesizer writes per record."})
-    limit: int = field(default=0, metadata={"help": "Only the first N records (0: all)."})
-    max_batch_pixels: int = field(default=256_000_000, metadata={"help": "Synthesis: most decoded image pixels held at once (a batch of huge images goes to the engine in parts)."})
-    mode: str = field(default="generate", metadata={"help": "Filter mode: generate (the paper's) or logprob.", "choices": list(MODES)})
-    prompt_file: str = field(default="", metadata={"help": "Your own filter prompt file (with {Q}, {informative_A}, {precise_A})."})
-    train_on_syn_only: bool = field(default=False, metadata={"help": "Write only records with a kept synthetic task."})
-    style: str = field(default="llamafactory", metadata={"help": "Output form: llamafactory or llava.", "choices": list(STYLES)})
-    seed: int = field(default=42, metadata={"help": "Seed of template choice and caption placement (also handed to the engines, whose greedy decoding does not use it)."})
+    max_new_tokens: int = same_as(SynthesizeArgs, "max_new_tokens")
+    limit: int = same_as(SynthesizeArgs, "limit")
+    max_batch_pixels: int = same_as(SynthesizeArgs, "max_batch_pixels")
+    mode: str = same_as(FilterArgs, "mode")
+    prompt_file: str = same_as(FilterArgs, "prompt_file")
+    train_on_syn_only: bool = same_as(FormatArgs, "train_on_syn_only")
+    style: str = same_as(FormatArgs, "style")
+    seed: int = same_as(FormatArgs, "seed")
 
     def __post_init__(self):
         errors = [f"--{n} is required" for n in ("synthesizer", "checker", "data_path", "image_folder", "output_dir") if not getattr(self, n)]
@@ -116,17 +122,14 @@ def _run_stages(args: RunArgs, out: Path) -> dict:
             prompt_file=args.prompt_file, **args.engine_fields(),
         )
         stats["filter"] = run_filter(filt)
-    start = time.monotonic()
     with stage("format"):
         fmt = FormatArgs(
             data_path=str(out / FILTERED_FILE), image_folder=args.image_folder, output=str(out / FINAL_FILE),
             train_on_syn_only=args.train_on_syn_only, style=args.style, seed=args.seed,
             **{f.name: getattr(args, f.name) for f in fields(CurationArgs)},
         )
-        summary = asdict(run_format(fmt))
-    summary["wall_s"] = time.monotonic() - start
-    update_stats(out, "format", summary, fmt)
-    stats["format"] = summary
+        run_format(fmt)  # it writes its stats.json entry, as the model stages do
+    stats["format"] = {k: v for k, v in read_stats(out / STATS_FILE)["format"].items() if k != "args"}
     update_stats(out, "run", {"args": asdict(args)})
     log.info("stage 2 done: %s; counts and times in %s", out / FINAL_FILE, out / STATS_FILE)
     return stats

@@ -59,3 +59,17 @@ def test_dataclass_flags_parse_with_dash_aliases_and_no_switches(tmp_path):
     add_dataclass_arguments(parser, FilterArgs)
     args = dataclass_from_namespace(FilterArgs, parser.parse_args(["--model", str(model), "--data_path", __file__, "--output_dir", "o", "--no-prefix_caching", "--num-shards", "3"]), parser)
     assert args.prefix_caching is False and args.num_shards == 3 and args.enforce_eager == "auto"
+
+
+def test_seed_is_an_alias_of_engine_seed_in_the_model_stages_and_formats_seed_in_run():
+    from adamllm.cli import build_parser
+
+    parser = build_parser()
+    synth = ["synthesize", "--model", "m", "--data_path", "d", "--image_folder", "i", "--output_dir", "o"]
+    assert parser.parse_args([*synth, "--seed", "5"]).engine_seed == parser.parse_args([*synth, "--engine_seed", "5"]).engine_seed == 5
+    filt = ["filter", "--model", "m", "--data_path", "d", "--output_dir", "o"]
+    assert parser.parse_args([*filt, "--seed", "6"]).engine_seed == 6
+    run = ["run", "--synthesizer", "s", "--checker", "c", "--data_path", "d", "--image_folder", "i", "--output_dir", "o"]
+    ns = parser.parse_args([*run, "--seed", "7", "--engine_seed", "3"])
+    assert (ns.seed, ns.engine_seed) == (7, 3)
+    assert (parser.parse_args(run).seed, parser.parse_args(run).engine_seed) == (42, 0)

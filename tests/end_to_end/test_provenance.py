@@ -97,7 +97,7 @@ def test_the_ray_executor_resumes_a_local_run(tiny_models, finished, tmp_path):
     before = (out / TRIPLETS).read_bytes()
     stats = run_synthesize(SynthesizeArgs(
         model=str(tiny_models["synthesizer"]), data_path=str(pairs["data_path"]), image_folder=str(pairs["image_folder"]),
-        output_dir=str(out), max_new_tokens=NEW_TOKENS, engine="hf", batch_size=2, decode_threads=1, executor="ray", seed=42,
+        output_dir=str(out), max_new_tokens=NEW_TOKENS, engine="hf", batch_size=2, decode_threads=1, executor="ray",
     ))
     assert (out / TRIPLETS).read_bytes() == before and stats["records_in"] == 6
 
@@ -224,3 +224,13 @@ def test_a_replaced_image_is_rejected_by_export_and_format_and_redone_at_resume(
     assert redone[3]["pred"] is not None and [r["syn_id"] for r in redone] == list(range(5))
     assert redone[0] == first[0] and redone[2] == first[2] and redone[4] == first[4]
     assert read_json(out / "image_caption_and_synthetic_task.summary.json")["rejected"] == {}
+
+
+def test_run_hands_engine_seed_to_both_engines_and_seed_to_format(tiny_models, finished, tmp_path):
+    pairs, _ = finished
+    run_pipeline(run_args(tiny_models, pairs, tmp_path / "seeds", seed=7, engine_seed=3, limit=2))
+    stats = read_json(tmp_path / "seeds" / "stats.json")
+    assert stats["synthesize"]["args"]["engine_seed"] == stats["filter"]["args"]["engine_seed"] == 3
+    assert stats["format"]["args"]["seed"] == 7 and "engine_seed" not in stats["format"]["args"]
+    fingerprints = [read_json(p) for p in sorted((tmp_path / "seeds" / "shards").glob("*.input-of-*.json"))]
+    assert len(fingerprints) == 2 and all(f["engine_seed"] == 3 and "seed" not in f for f in fingerprints)
