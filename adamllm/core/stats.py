@@ -11,7 +11,8 @@ from pathlib import Path
 
 from adamllm.core.files import file_sha256
 from adamllm.core.jsonfiles import read_json_file, write_json
-from adamllm.core.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPLETS_FILE
+from adamllm.core.images import trusted_image_folder
+from adamllm.core.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPLETS_FILE, fingerprint_files
 
 PROVENANCE = "provenance"
 # The stages of a run folder in order, each with the file it writes there (the next one's input).
@@ -120,3 +121,43 @@ def check_run_folder(out_dir: Path, stats: dict) -> None:
     observed = {name: file_sha256(out_dir / name) for name in (FILTERED_FILE, FINAL_FILE) if (out_dir / name).is_file()}
     if problem := chain_problem(out_dir, stats, observed):
         raise ValueError(problem)
+
+
+def run_image_folder(out_dir: Path, stats: dict, given: str = "") -> tuple[Path | None, str]:
+    """A run folder's image folder (resolved) and where it came from; None when none is known.
+
+    `given` (--image_folder) wins; else the folder format checked the images in, else synthesis's,
+    from stats.json. stats.json is easy to edit, so a folder read from it must agree with the one
+    synthesis recorded beside its shards (the newest fingerprint: one left from a run with another
+    shard count may name an older folder). A filesystem root is refused either way: it would let a
+    report or an export take any image file on the disk.
+    """
+    folder, source = given, "--image_folder"
+    for stage in ("format", "synthesize"):
+        if not folder:
+            args = stats.get(stage, {}).get("args") if isinstance(stats.get(stage), dict) else None
+            folder = args.get("image_folder") if isinstance(args, dict) else None
+            source = f"the {stage} args in {STATS_FILE}"
+    if not isinstance(folder, str) or not folder:
+        return None, f"{STATS_FILE} records no image folder"
+    resolved = trusted_image_folder(folder, source)
+    recorded = None if given else _recorded_image_folder(out_dir)
+    if recorded and Path(recorded[1]).resolve() != resolved:
+        relative = "" if Path(folder).is_absolute() else f" (here: {resolved}, a relative folder being read from the current directory)"
+        raise ValueError(
+            f"{out_dir / STATS_FILE} says the images are in {folder}{relative}, but {recorded[0]} records that synthesis "
+            f"read them from {recorded[1]}; pass the run's image folder with --image_folder"
+        )
+    return resolved, source
+
+
+def _recorded_image_folder(out_dir: Path) -> tuple[Path, str] | None:
+    """(fingerprint file, image folder) as the last synthesis recorded it beside its shards."""
+    paths = [p for p in fingerprint_files(out_dir, TRIPLETS_FILE) if p.is_file()]
+    if not paths:
+        return None
+    path = max(paths, key=lambda p: p.stat().st_mtime_ns)
+    fingerprint = read_json_file(path)
+    folder = fingerprint.get("image_folder") if isinstance(fingerprint, dict) else None
+    return (path, folder) if isinstance(folder, str) and folder else None
+

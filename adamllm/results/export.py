@@ -38,19 +38,19 @@ import os
 import shutil
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from adamllm.stage2.curate import yes_prob
-from adamllm.results.dataset_card import CARD_FILE, ExportSummary, dataset_card, stage_args
+from adamllm.results.dataset_card import CARD_FILE, ExportSummary, dataset_card
 from adamllm.core.files import clean_stale_tmp, tmp_path, tmp_pattern
 from adamllm.core.records import COLLECTED_QA, CONSISTENCY, LOGPROBS, SYN_ID, RecordError, Rejects, parse_caption_pair
 from adamllm.core.jsonfiles import read_json_file, read_run_records, write_json
-from adamllm.core.images import check_image_unchanged, read_image_bytes, resolve_image_path, trusted_image_folder
+from adamllm.core.images import check_image_unchanged, read_image_bytes, resolve_image_path
 from adamllm.stage2.format import kept_triplet
 from adamllm.core.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, curation_path, rejects_path
-from adamllm.core.stats import check_run_folder
+from adamllm.core.stats import check_run_folder, run_image_folder
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +142,12 @@ def _indices(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def image_folder(args: ExportArgs, stats: dict) -> str:
-    """--image_folder, else the folder format checked the images in, else synthesis's."""
-    folder, source = args.image_folder, "--image_folder"
-    for stage in ("format", "synthesize"):
-        if not folder:
-            folder, source = stage_args(stats, stage).get("image_folder"), f"the {stage} args in {STATS_FILE}"
-    if not isinstance(folder, str) or not folder:
+    """The run's image folder (`run_image_folder`), which must exist: the export copies its images."""
+    resolved, source = run_image_folder(Path(args.output_dir), stats, args.image_folder)
+    if resolved is None:
         raise ValueError(f"{Path(args.output_dir) / STATS_FILE} records no image folder; pass --image_folder")
-    resolved = trusted_image_folder(folder, source)
     if not resolved.is_dir():
-        raise ValueError(f"image folder {folder} ({source}): no such folder; pass the run's image folder with --image_folder")
+        raise ValueError(f"image folder {resolved} ({source}): no such folder; pass the run's image folder with --image_folder")
     return str(resolved)
 
 

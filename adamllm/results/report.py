@@ -31,12 +31,12 @@ from typing import Any
 from adamllm.stage2.curate import yes_prob
 from adamllm.core.records import COLLECTED_QA, CONSISTENCY, LOGPROBS, ERROR, PRED, SYN_ID, RecordError
 from adamllm.core.jsonfiles import read_json_file, read_run_records
-from adamllm.core.images import load_image, trusted_image_folder
+from adamllm.core.images import load_image
 from adamllm.core.parse import parse_pairs
 from adamllm.results.report_html import render
 from adamllm.results.report_summary import CARDS_PER_GROUP, TRIPLET_KEYS, Card, Sample, Summary
-from adamllm.core.run_folder import FILTERED_FILE, FINAL_FILE, REPORT_FILE, STATS_FILE, TRIPLETS_FILE, curation_path, fingerprint_files, rejects_path
-from adamllm.core.stats import check_run_folder
+from adamllm.core.run_folder import FILTERED_FILE, FINAL_FILE, REPORT_FILE, STATS_FILE, curation_path, rejects_path
+from adamllm.core.stats import check_run_folder, run_image_folder
 
 THUMBNAIL = 160
 
@@ -175,43 +175,12 @@ def load_cards(out_dir: Path, sample: Sample) -> Summary:
 
 
 # --- the image folder ------------------------------------------------------------------------------
-def _recorded_image_folder(out_dir: Path) -> tuple[Path, str] | None:
-    """(fingerprint file, image folder) as the last synthesis recorded it (resolved) beside its shards.
-
-    The newest file: one left from a run with another shard count may name an older folder.
-    """
-    paths = [p for p in fingerprint_files(out_dir, TRIPLETS_FILE) if p.is_file()]
-    if not paths:
-        return None
-    path = max(paths, key=lambda p: p.stat().st_mtime_ns)
-    fingerprint = read_json_file(path)
-    folder = fingerprint.get("image_folder") if isinstance(fingerprint, dict) else None
-    return (path, folder) if isinstance(folder, str) and folder else None
-
-
 def choose_image_folder(out_dir: Path, stats: dict[str, dict], given: str = "") -> tuple[str, str]:
-    """The folder thumbnails may come from, and a note saying which and why ("" when there is none).
-
-    `given` (--image_folder) wins; else the folder in stats.json's synthesize args, which, being easy
-    to edit, must agree with the one synthesis recorded in its shards folder. A filesystem root is
-    refused either way: it would let the report embed any image file on the disk.
-    """
-    if given:
-        folder, source = given, "--image_folder"
-    else:
-        args = stats.get("synthesize", {}).get("args")
-        folder = args.get("image_folder") if isinstance(args, dict) else None
-        if not isinstance(folder, str) or not folder:
-            return "", f"none ({STATS_FILE} records no image folder; pass --image_folder to show the images)"
-        source = f"the synthesize args in {STATS_FILE}"
-    resolved = trusted_image_folder(folder, source)
-    recorded = None if given else _recorded_image_folder(out_dir)
-    if recorded and Path(recorded[1]).resolve() != resolved:
-        relative = "" if Path(folder).is_absolute() else f" (here: {resolved}, a relative folder being read from the current directory)"
-        raise ValueError(
-            f"{out_dir / STATS_FILE} says the images are in {folder}{relative}, but {recorded[0]} records that synthesis "
-            f"read them from {recorded[1]}; pass the run's image folder with --image_folder"
-        )
+    """The folder thumbnails may come from, and a note saying which and why ("" when there is none):
+    the run's image folder by the rule every reader of a run folder follows (`run_image_folder`)."""
+    resolved, source = run_image_folder(out_dir, stats, given)
+    if resolved is None:
+        return "", f"none ({source}; pass --image_folder to show the images)"
     return str(resolved), f"{resolved} ({source})"
 
 

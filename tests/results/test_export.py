@@ -2,6 +2,7 @@
 `datasets.load_from_disk`. Run folders are written by hand; no model and no network."""
 
 import json
+import shutil
 import os
 
 import pytest
@@ -127,7 +128,7 @@ def tree(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
-@pytest.mark.parametrize("case", ["non-empty folder", "a file", "not a run", "final file of another run", "final file edited since format", "no image folder", "root image folder", "bad repo id", "offline push"])
+@pytest.mark.parametrize("case", ["non-empty folder", "a file", "not a run", "final file of another run", "final file edited since format", "no image folder", "a stats folder the shards disagree with", "root image folder", "bad repo id", "offline push"])
 def test_export_refuses_bad_input_before_any_work(tmp_path, capsys, case):
     run = formatted_run(tmp_path)
     to = tmp_path / "hf"
@@ -156,6 +157,15 @@ def test_export_refuses_bad_input_before_any_work(tmp_path, capsys, case):
         stats["format"]["args"]["image_folder"] = str(tmp_path / "gone")
         (run["out"] / "stats.json").write_text(json.dumps(stats))
         message = f"image folder {tmp_path / 'gone'} (the format args in stats.json): no such folder"
+    elif case == "a stats folder the shards disagree with":
+        other = tmp_path / "elsewhere"
+        shutil.copytree(run["images"], other)
+        (run["out"] / "shards").mkdir()
+        (run["out"] / "shards" / "syn_task_triplets.input-of-001.json").write_text(json.dumps({"image_folder": str(run["images"].resolve())}))
+        stats = read_json(run["out"] / "stats.json")
+        stats["format"]["args"]["image_folder"] = str(other)
+        (run["out"] / "stats.json").write_text(json.dumps(stats))
+        message = f"but {run['out'] / 'shards' / 'syn_task_triplets.input-of-001.json'} records that synthesis read them from {run['images'].resolve()}"
     elif case == "root image folder":
         extra = ["--image_folder", "/"]
         message = "image folder / (--image_folder) is a filesystem root"
