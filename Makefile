@@ -1,13 +1,13 @@
 # The CPU workflow. GPU users: see README.md ("On GPUs").
 #   make demo    the pipeline on CPU with tiny local models on data_samples/
-#   make test    set up the CPU environment, then run the whole test suite
+#   make test    set up the CPU environment, lint (ruff), then run the whole test suite
 #   make bench   speed and memory benchmarks (run by hand; prints a table)
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup browser test demo bench clean
+.PHONY: setup browser lint test demo bench clean
 
 setup:
 	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/setup_cpu_env.sh
@@ -18,7 +18,12 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: setup browser
+# ruff, configured in pyproject.toml: lint rules, then the formatting it enforces.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: setup browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup

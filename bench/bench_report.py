@@ -30,9 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from bench_executors import run  # the command's wall time and peak RSS
+from PIL import Image
 
 # (verdict, error reason or None, weight): a third yes, as the paper saw, then the ways a record fails.
 OUTCOMES = (
@@ -62,9 +61,9 @@ def make_images(folder: Path, count: int, seed: int) -> list[str]:
 
 def make_run(root: Path, size: int, images: list[str], image_folder: Path, seed: int) -> Path:
     """A stage-2 run folder of `size` records; the final file comes from the real format."""
-    from adamllm.testing.fixtures import caption, qa_tasks, random_scene
-    from adamllm.stage2.format import FormatArgs, run_format
     from adamllm.core.stats import update_stats
+    from adamllm.stage2.format import FormatArgs, run_format
+    from adamllm.testing.fixtures import caption, qa_tasks, random_scene
 
     out = root / f"run-{size}"
     out.mkdir(parents=True)

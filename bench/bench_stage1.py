@@ -191,8 +191,8 @@ def build_model(shapes: Shapes, layers: int, vision_layers: int, bf16: bool, fol
     import torch
     import transformers
 
-    from adamllm.testing import tiny
     from adamllm.models.model_io import save_synthesizer
+    from adamllm.testing import tiny
 
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards": noise in the table's output
     tokenizer = tiny.build_tokenizer()
@@ -212,11 +212,11 @@ def make_data(folder: Path, model: Path, records: int, picture: int, text_tokens
     one and a half times that, so that batches have padding to save, as real seed data does)."""
     from PIL import Image
 
-    from adamllm.testing import fixtures
-    from adamllm.models.model_io import load_processor
     from adamllm.core.prompts import training_text
+    from adamllm.models.model_io import load_processor
     from adamllm.stage1.merge_seed import MergeSeedArgs, run_merge_seed
     from adamllm.stage1.train_data import conversation_turns
+    from adamllm.testing import fixtures
 
     merged = folder / "train.json"
     done = {"data_path": merged, "image_folder": folder / "seed" / "images", "blank": folder / "blank.png"}

@@ -56,8 +56,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def handwritten_triplets(pairs_path: Path, out: Path, seed: int = 0) -> Path:
     """syn_task_triplets.jsonl with well-formed preds, so the filter has a triplet per record."""
-    from adamllm.testing import fixtures
     from adamllm.core import prompts
+    from adamllm.testing import fixtures
 
     rng = random.Random(seed)
     u, a, e = prompts.header("user"), prompts.EOT + prompts.header("assistant"), prompts.EOT
@@ -80,8 +80,8 @@ def timed(fn):
 def cpu_table(args) -> None:
     """CPU mode: the tiny models, synthesis and filter, per engine (the table `make bench` prints)."""
     from adamllm.stage2.filter import FilterArgs, run_filter
-    from adamllm.testing.fixtures import make_caption_pairs
     from adamllm.stage2.synthesize import SynthesizeArgs, run_synthesize
+    from adamllm.testing.fixtures import make_caption_pairs
     from adamllm.testing.tiny import make_tiny_models
 
     work = Path(tempfile.mkdtemp(prefix="adamllm-bench-"))
@@ -149,9 +149,9 @@ def build_random_synthesizer(out: Path, small: bool, layers: int) -> Path:
 
     import torch
 
-    from adamllm.testing import tiny
-    from adamllm.models.model_io import to_vllm_layout
     from adamllm.core.prompts import EOS
+    from adamllm.models.model_io import to_vllm_layout
+    from adamllm.testing import tiny
 
     b1 = bench_stage1()
     shapes = b1.small_shapes() if small else b1.EIGHT_B
@@ -184,8 +184,8 @@ def make_pairs(out: Path, num_pairs: int, width: int, height: int, caption_words
     captions lengthened with filler words, so prompts are as long as real ones."""
     from PIL import Image
 
-    from adamllm.testing.fixtures import FILLER, make_caption_pairs
     from adamllm.core.jsonfiles import write_json_list
+    from adamllm.testing.fixtures import FILLER, make_caption_pairs
 
     pairs = make_caption_pairs(out, num_pairs)
     rng = random.Random(0)

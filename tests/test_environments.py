@@ -7,9 +7,9 @@ declared package has an upper bound. Widening a range means running the suite on
 import importlib.metadata
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version

@@ -14,7 +14,19 @@ import logging
 import sys
 from pathlib import Path
 
-from adamllm.cli import convert_llava, export, filter, format, make_seed_fixtures, make_tiny_models, merge_seed, report, run, synthesize, train
+from adamllm.cli import (
+    convert_llava,
+    export,
+    filter,
+    format,
+    make_seed_fixtures,
+    make_tiny_models,
+    merge_seed,
+    report,
+    run,
+    synthesize,
+    train,
+)
 from adamllm.core.run_folder import SHARDS_DIR
 
 COMMANDS = (merge_seed, train, run, synthesize, filter, format, report, export, convert_llava, make_tiny_models, make_seed_fixtures)

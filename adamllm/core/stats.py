@@ -10,8 +10,8 @@ import dataclasses
 from pathlib import Path
 
 from adamllm.core.files import file_sha256
-from adamllm.core.jsonfiles import read_json_file, write_json
 from adamllm.core.images import trusted_image_folder
+from adamllm.core.jsonfiles import read_json_file, write_json
 from adamllm.core.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPLETS_FILE, fingerprint_files
 
 PROVENANCE = "provenance"

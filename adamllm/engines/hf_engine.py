@@ -3,7 +3,7 @@ cross-check of the vLLM backend."""
 
 from __future__ import annotations
 
-from adamllm.engines import EngineArgs, GenParams, Generation, Request
+from adamllm.engines import EngineArgs, Generation, GenParams, Request
 
 
 class HfEngine:

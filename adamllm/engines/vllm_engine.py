@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from adamllm.engines import EngineArgs, GenParams, Generation, Request, cuda_available
+from adamllm.engines import EngineArgs, Generation, GenParams, Request, cuda_available
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Iterable, Iterator
 
 from adamllm.core import run_folder
 from adamllm.core.files import atomic_write
+from adamllm.core.jsonfiles import json_line, write_json
 from adamllm.core.records import SYN_ID
-from adamllm.core.jsonfiles import json_line, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 

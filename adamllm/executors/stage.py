@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-from adamllm.engines import Engine, GenParams, Generation, Request
-from adamllm.core.records import RecordError
 from adamllm.core.images import image_size, open_image
+from adamllm.core.records import RecordError
+from adamllm.engines import Engine, Generation, GenParams, Request
 
 
 class Stage(Protocol):

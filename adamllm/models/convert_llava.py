@@ -223,9 +223,7 @@ def _clip_tower_weights(tower: str) -> dict:
 def _read_tensors(src: Path):
     """(name, tensor) of every weight file in SRC: safetensors, else `.bin` through weights_only."""
     import torch
-    from safetensors import safe_open
-
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
 
     files = sorted(src.glob("*.safetensors"))
     if files:

@@ -42,15 +42,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from adamllm.stage2.curate import yes_prob
-from adamllm.results.dataset_card import CARD_FILE, ExportSummary, dataset_card
 from adamllm.core.files import clean_stale_tmp, tmp_path, tmp_pattern
-from adamllm.core.records import COLLECTED_QA, CONSISTENCY, LOGPROBS, SYN_ID, RecordError, Rejects, parse_caption_pair
-from adamllm.core.jsonfiles import read_json_file, read_run_records, write_json
 from adamllm.core.images import check_image_unchanged, read_image_bytes, resolve_image_path
-from adamllm.stage2.format import kept_triplet
+from adamllm.core.jsonfiles import read_json_file, read_run_records, write_json
+from adamllm.core.records import COLLECTED_QA, CONSISTENCY, LOGPROBS, SYN_ID, RecordError, Rejects, parse_caption_pair
 from adamllm.core.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, curation_path, rejects_path
 from adamllm.core.stats import check_run_folder, run_image_folder
+from adamllm.results.dataset_card import CARD_FILE, ExportSummary, dataset_card
+from adamllm.stage2.curate import yes_prob
+from adamllm.stage2.format import kept_triplet
 
 log = logging.getLogger(__name__)
 

@@ -28,15 +28,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from adamllm.stage2.curate import yes_prob
-from adamllm.core.records import COLLECTED_QA, CONSISTENCY, LOGPROBS, ERROR, PRED, SYN_ID, RecordError
-from adamllm.core.jsonfiles import read_json_file, read_run_records
 from adamllm.core.images import load_image
+from adamllm.core.jsonfiles import read_json_file, read_run_records
 from adamllm.core.parse import parse_pairs
-from adamllm.results.report_html import render
-from adamllm.results.report_summary import CARDS_PER_GROUP, TRIPLET_KEYS, Card, Sample, Summary
+from adamllm.core.records import COLLECTED_QA, CONSISTENCY, ERROR, LOGPROBS, PRED, SYN_ID, RecordError
 from adamllm.core.run_folder import FILTERED_FILE, FINAL_FILE, REPORT_FILE, STATS_FILE, curation_path, rejects_path
 from adamllm.core.stats import check_run_folder, run_image_folder
+from adamllm.results.report_html import render
+from adamllm.results.report_summary import CARDS_PER_GROUP, TRIPLET_KEYS, Card, Sample, Summary
+from adamllm.stage2.curate import yes_prob
 
 THUMBNAIL = 160
 

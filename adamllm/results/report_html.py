@@ -13,8 +13,8 @@ import hashlib
 from collections import Counter
 from html import escape
 
-from adamllm.stage2.curate import DUPLICATE_QUESTION, LOW_YES_PROB, NO_YES_PROB
 from adamllm.results.report_summary import MAX_GROUPS, OTHER_GROUPS, TRIPLET_KEYS, YES_PROB_BINS, Card, Summary
+from adamllm.stage2.curate import DUPLICATE_QUESTION, LOW_YES_PROB, NO_YES_PROB
 
 STAGES = ("synthesize", "filter", "format")
 

@@ -24,10 +24,17 @@ from pathlib import Path
 
 from adamllm.core import run_folder
 from adamllm.core.files import clean_stale_tmp, hold_lock, tmp_pattern
-from adamllm.core.records import RecordError, Rejects, check_json_values
-from adamllm.core.jsonfiles import iter_input_records, write_json, write_json_list
 from adamllm.core.images import check_image, ensure_blank_image, resolve_image_path
-from adamllm.core.prompts import CAPTION_HINT, IMAGE_TAG, informative_question, precise_question, remove_image_tag, strip_special_tokens
+from adamllm.core.jsonfiles import iter_input_records, write_json, write_json_list
+from adamllm.core.prompts import (
+    CAPTION_HINT,
+    IMAGE_TAG,
+    informative_question,
+    precise_question,
+    remove_image_tag,
+    strip_special_tokens,
+)
+from adamllm.core.records import RecordError, Rejects, check_json_values
 
 log = logging.getLogger(__name__)
 

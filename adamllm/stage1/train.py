@@ -236,8 +236,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
     """Fine-tune and save a synthesizer that vLLM loads; returns the training summary."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    from adamllm.models.model_io import load_processor, load_synthesizer_model, to_vllm_layout
     from adamllm.core.prompts import EOS
+    from adamllm.models.model_io import load_processor, load_synthesizer_model, to_vllm_layout
     from adamllm.stage1.speed import StepTimer, apply_liger, choose_levers
     from adamllm.stage1.train_data import Collator, SeedDataset
 

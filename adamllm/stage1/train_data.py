@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from adamllm.core.records import RecordError, Rejects, check_json_values
-from adamllm.core.jsonfiles import iter_json_records
 from adamllm.core.images import check_image, image_size, open_image, resolve_image_path
-from adamllm.models.model_io import image_token_count
+from adamllm.core.jsonfiles import iter_json_records
 from adamllm.core.prompts import ASSISTANT, CAPTION_HINT, IMAGE_TAG, USER, Turn, synthesizer_prompt, training_text
+from adamllm.core.records import RecordError, Rejects, check_json_values
 from adamllm.core.tokens import count_tokens, text_char_cap
+from adamllm.models.model_io import image_token_count
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamllm.core import run_folder
-from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args
-from adamllm.core.records import COLLECTED_QA, CONSISTENCY, ERROR, LOGPROBS, PRED, SYN_ID, RecordError, Rejects, check_json_values, error_reason, syn_id_problem
 from adamllm.core.jsonfiles import iter_input_records, read_jsonl
 from adamllm.core.parse import collect_triplet, parse_pairs, parse_verdict
 from adamllm.core.prompts import check_filter_template, default_filter_template, filter_prompt
-from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
-from adamllm.executors.resume import stage_fingerprint
+from adamllm.core.records import (
+    COLLECTED_QA,
+    CONSISTENCY,
+    ERROR,
+    LOGPROBS,
+    PRED,
+    SYN_ID,
+    RecordError,
+    Rejects,
+    check_json_values,
+    error_reason,
+    syn_id_problem,
+)
 from adamllm.core.stats import PROVENANCE, check_made_from, provenance, update_stats
 from adamllm.core.tokens import count_tokens
+from adamllm.engines import EngineArgs, Generation, GenParams, Request, build_engine, check_engine_args
+from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
+from adamllm.executors.resume import stage_fingerprint
 
 log = logging.getLogger(__name__)
 

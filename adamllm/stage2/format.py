@@ -28,16 +28,44 @@ from pathlib import Path
 from tqdm import tqdm
 
 from adamllm.core import run_folder
-from adamllm.stage2.curate import CurationArgs, DUPLICATE_QUESTION, LOW_YES_PROB, NO_YES_PROB, NUM_PERM, Deduper, lacks_logprob_verdicts, yes_prob
-from adamllm.core.files import file_sha256, hold_lock
-from adamllm.core.records import COLLECTED_QA, CONSISTENCY, LOGPROBS, PRED, SYN_ID, CaptionPair, RecordError, Rejects, parse_caption_pair, syn_id_problem
-from adamllm.core.formats import STYLES, assistant_message, dataset_info_entry, llava_record, read_dataset_info, sharegpt_record, update_dataset_info, user_message
-from adamllm.core.jsonfiles import iter_input_records, iter_json_records, write_json, write_json_list
-from adamllm.core.files import clean_stale_tmp, replaced_together, tmp_pattern
+from adamllm.core.files import clean_stale_tmp, file_sha256, hold_lock, replaced_together, tmp_pattern
+from adamllm.core.formats import (
+    STYLES,
+    assistant_message,
+    dataset_info_entry,
+    llava_record,
+    read_dataset_info,
+    sharegpt_record,
+    update_dataset_info,
+    user_message,
+)
 from adamllm.core.images import check_image, check_image_unchanged, resolve_image_path
+from adamllm.core.jsonfiles import iter_input_records, iter_json_records, write_json, write_json_list
 from adamllm.core.parse import Triplet
 from adamllm.core.prompts import CAPTION_HINT, COT_TEMPLATES, INDICATORS, QA_TEMPLATES, fill_task, strip_special_tokens
+from adamllm.core.records import (
+    COLLECTED_QA,
+    CONSISTENCY,
+    LOGPROBS,
+    PRED,
+    SYN_ID,
+    CaptionPair,
+    RecordError,
+    Rejects,
+    parse_caption_pair,
+    syn_id_problem,
+)
 from adamllm.core.stats import check_made_from, file_record, update_stats
+from adamllm.stage2.curate import (
+    DUPLICATE_QUESTION,
+    LOW_YES_PROB,
+    NO_YES_PROB,
+    NUM_PERM,
+    CurationArgs,
+    Deduper,
+    lacks_logprob_verdicts,
+    yes_prob,
+)
 
 log = logging.getLogger(__name__)
 

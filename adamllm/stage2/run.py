@@ -14,16 +14,15 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from adamllm.stage2.filter import MODES, FilterArgs, check_prompt_file, run_filter
-from adamllm.engines import EngineSettings, check_engine_settings
-from adamllm.executors import ExecutorArgs, check_executor_args
 from adamllm.core.files import describe_os_error, hold_lock
-from adamllm.core.formats import STYLES
-from adamllm.models.model_io import check_model, check_processor
-from adamllm.stage2.curate import CurationArgs
-from adamllm.stage2.format import FormatArgs, run_format
 from adamllm.core.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPLETS_FILE, run_lock_path
 from adamllm.core.stats import read_stats, update_stats
+from adamllm.engines import EngineSettings, check_engine_settings
+from adamllm.executors import ExecutorArgs, check_executor_args
+from adamllm.models.model_io import check_model, check_processor
+from adamllm.stage2.curate import CurationArgs
+from adamllm.stage2.filter import FilterArgs, check_prompt_file, run_filter
+from adamllm.stage2.format import FormatArgs, run_format
 from adamllm.stage2.synthesize import SynthesizeArgs, run_synthesize
 
 log = logging.getLogger(__name__)

@@ -19,18 +19,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamllm.core import run_folder
-from adamllm.engines import EngineArgs, GenParams, Generation, Request, build_engine, check_engine_args
-from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
-from adamllm.core.records import ERROR, IMAGE_STAT, PRED, SYN_ID, CaptionPair, RecordError, Rejects, error_reason, parse_caption_pair
-from adamllm.core.jsonfiles import iter_input_records, json_line, read_jsonl
 from adamllm.core.files import atomic_write
 from adamllm.core.images import image_size, image_stat, open_image, resolve_image_path
-from adamllm.models.model_io import check_processor, image_token_count
+from adamllm.core.jsonfiles import iter_input_records, json_line, read_jsonl
 from adamllm.core.prompts import EOS, synthesizer_prompt
-from adamllm.executors.resume import stage_fingerprint
-from adamllm.executors.stage import add
+from adamllm.core.records import (
+    ERROR,
+    IMAGE_STAT,
+    PRED,
+    SYN_ID,
+    CaptionPair,
+    RecordError,
+    Rejects,
+    error_reason,
+    parse_caption_pair,
+)
 from adamllm.core.stats import PROVENANCE, provenance, update_stats
 from adamllm.core.tokens import count_tokens
+from adamllm.engines import EngineArgs, Generation, GenParams, Request, build_engine, check_engine_args
+from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
+from adamllm.executors.resume import stage_fingerprint
+from adamllm.executors.stage import add
+from adamllm.models.model_io import check_processor, image_token_count
 
 log = logging.getLogger(__name__)
 

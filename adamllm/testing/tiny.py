@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adamllm.testing import fixtures
 from adamllm.core import prompts
 from adamllm.models.model_io import save_synthesizer
+from adamllm.testing import fixtures
 
 # Llama-3's pre-tokenizer split pattern.
 LLAMA3_SPLIT = (

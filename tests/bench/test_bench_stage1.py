@@ -45,8 +45,8 @@ def test_default_configuration_is_the_8b_layer_shapes():
     import torch
     from transformers import LlavaNextForConditionalGeneration
 
-    from adamllm.testing import tiny
     from adamllm.models.model_io import image_token_count
+    from adamllm.testing import tiny
 
     args = bench_stage1.parse_args([])
     assert args.zero == 2 and args.gradient_checkpointing and not args.small and args.text_tokens == 300

@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from conftest import read_json, read_jsonl
 
 from adamllm.core import formats, jsonfiles, records
 from adamllm.core.records import RecordError, parse_caption_pair
-from conftest import read_json, read_jsonl
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1 << 20])

@@ -7,8 +7,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from adamllm.core.records import RecordError
 from adamllm.core.images import check_image, ensure_blank_image, load_image, read_image_bytes, resolve_image_path
+from adamllm.core.records import RecordError
 
 
 def reason(fn, *args):

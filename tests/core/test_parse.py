@@ -8,7 +8,7 @@ U = "<|start_header_id|>user<|end_header_id|>\n\n"
 A = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
 E = "<|eot_id|>"
 P = "Answer with a precise response.\n"
-I = "Answer with an informative response.\n"
+I = "Answer with an informative response.\n"  # noqa: E741 (the informative hint, beside P)
 
 
 def test_two_complete_pairs():

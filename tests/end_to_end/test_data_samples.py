@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
+from adamllm.core.images import load_image
 from adamllm.core.jsonfiles import iter_json_records
 from adamllm.core.records import parse_caption_pair
-from adamllm.core.images import load_image
 
 ROOT = Path(__file__).resolve().parents[2] / "data_samples"
 

@@ -6,12 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from builders import handwritten, make_run
+from conftest import read_json
 
 from adamllm.core import jsonfiles
 from adamllm.testing.fixtures import make_caption_pairs
-from conftest import read_json
-from builders import make_run
-from builders import handwritten
 
 
 def cli(capsys, *argv):

@@ -3,28 +3,26 @@ or stops the stage with a message naming the file and the fix; none crashes, non
 The model stages' cases are in test_hostile_stages.py."""
 
 import errno
-import io
 import json
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from builders import filtered_rows, truncated_jpeg
+from conftest import read_json, read_jsonl, write_json
 from PIL import Image
 
 from adamllm.core import images as images_module
-from adamllm.stage2.filter import tally
 from adamllm.core.files import atomic_write, clean_stale_tmp
-from adamllm.core.records import RecordError, parse_caption_pair
-from adamllm.core.jsonfiles import iter_input_records, iter_json_records, write_json_list
 from adamllm.core.images import check_image
-from adamllm.stage2.format import FormatArgs, run_format
+from adamllm.core.jsonfiles import iter_input_records, iter_json_records, write_json_list
 from adamllm.core.prompts import strip_special_tokens
+from adamllm.core.records import RecordError, parse_caption_pair
 from adamllm.stage1.merge_seed import MergeSeedArgs, run_merge_seed, split_by_task
-from conftest import read_json, read_jsonl, write_json
-from builders import truncated_jpeg, filtered_rows
+from adamllm.stage2.filter import tally
+from adamllm.stage2.format import FormatArgs, run_format
 
 LONE_SURROGATE = "\ud800"
 

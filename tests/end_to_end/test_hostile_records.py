@@ -7,15 +7,15 @@ import math
 import random
 
 import pytest
+from builders import filtered_rows as rows
+from conftest import read_json, read_jsonl, write_json
 from PIL import Image
 
 from adamllm.core import prompts
-from adamllm.core.records import RecordError, parse_caption_pair
 from adamllm.core.jsonfiles import json_line
-from adamllm.stage2.format import FormatArgs, run_format
+from adamllm.core.records import RecordError, parse_caption_pair
 from adamllm.stage1.merge_seed import MergeSeedArgs, run_merge_seed
-from conftest import read_json, read_jsonl, write_json
-from builders import filtered_rows as rows
+from adamllm.stage2.format import FormatArgs, run_format
 
 BIG = 3_000_000  # characters of a hostile caption: megabytes, where a real one holds hundreds
 
@@ -221,9 +221,9 @@ class Spy:
 
 
 def test_synthesis_refuses_a_megabyte_caption_from_a_bounded_prefix(tiny_models, tmp_path, images):
+    from adamllm.core.tokens import text_char_cap
     from adamllm.models.model_io import load_processor
     from adamllm.stage2.synthesize import Prompter, SynthesizeArgs
-    from adamllm.core.tokens import text_char_cap
 
     records = rows(images, 2)
     records[1]["messages"][1]["content"] = "a long caption word " * (BIG // 20)
@@ -243,8 +243,8 @@ def test_synthesis_refuses_a_megabyte_caption_from_a_bounded_prefix(tiny_models,
 def test_the_filter_refuses_a_megabyte_triplet_from_a_bounded_prefix(tiny_models, tmp_path):
     from transformers import AutoTokenizer
 
-    from adamllm.stage2.filter import FilterArgs, FilterStage
     from adamllm.core.tokens import text_char_cap
+    from adamllm.stage2.filter import FilterArgs, FilterStage
 
     data = tmp_path / "t.jsonl"
     data.write_text("")
@@ -265,8 +265,8 @@ def test_the_filter_refuses_a_megabyte_triplet_from_a_bounded_prefix(tiny_models
 
 
 def test_training_bounds_a_megabyte_caption_and_answer(tiny_models, tmp_path, images):
-    from adamllm.models.model_io import load_processor
     from adamllm.core.tokens import text_char_cap
+    from adamllm.models.model_io import load_processor
     from adamllm.stage1.train_data import CAPTION_REQUEST, SeedDataset
 
     Image.new("RGB", (16, 16)).save(images / "x.png")
@@ -290,8 +290,9 @@ def test_export_of_a_run_with_hostile_syn_ids_and_paths_holds_only_usable_rows(t
     """Format rejects them where they enter, so export (an int64 syn_id column) neither crashes nor
     carries an image path that does not open."""
     pytest.importorskip("datasets", reason="the datasets package is part of the CPU environment (make setup)")
-    from adamllm.cli import main
     from builders import make_run, write_rows
+
+    from adamllm.cli import main
 
     run = make_run(tmp_path, [f"Q{i}?" for i in range(6)])
     records = read_jsonl(run["data"])

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import read_json, read_jsonl
 
 from adamllm.stage2.filter import FilterArgs, run_filter
-from adamllm.testing.fixtures import make_caption_pairs
 from adamllm.stage2.synthesize import SynthesizeArgs, run_synthesize
-from conftest import read_json, read_jsonl
+from adamllm.testing.fixtures import make_caption_pairs
 
 pytestmark = pytest.mark.slow
 
@@ -155,11 +155,12 @@ def test_tune_synthesizer_checks_its_inputs_before_torchrun(tiny_models, tmp_pat
 
 
 def test_training_set_rejects_a_truncated_image_before_training(tiny_models, tmp_path):
-    from adamllm.testing.fixtures import make_seed_fixtures
+    from builders import truncated_jpeg
+
     from adamllm.models.model_io import load_processor
     from adamllm.stage1.merge_seed import MergeSeedArgs, run_merge_seed
     from adamllm.stage1.train_data import SeedDataset
-    from builders import truncated_jpeg
+    from adamllm.testing.fixtures import make_seed_fixtures
 
     seed = make_seed_fixtures(tmp_path / "seed", num_images=12, seed=4)
     merged = tmp_path / "train.json"

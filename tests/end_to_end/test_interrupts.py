@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from builders import make_run, write_rows
+from conftest import read_json
 from PIL import Image
 
 from adamllm.core.files import clean_stale_tmp, interrupts_held, pid_place, replaced_together
 from adamllm.testing.fixtures import make_caption_pairs
-from conftest import read_json
-from builders import make_run, write_rows
 
 FINAL = "image_caption_and_synthetic_task.json"
 

@@ -8,17 +8,17 @@ import json
 import shutil
 
 import pytest
+from builders import handwritten
+from conftest import read_json, read_jsonl
 from PIL import Image
 
 from adamllm.cli import main
-from adamllm.stage2.filter import FilterArgs, FilterStage, run_filter
-from adamllm.testing.fixtures import make_caption_pairs
-from adamllm.stage2.run import RunArgs, run_pipeline
-from adamllm.results.report import write_report
 from adamllm.executors.resume import NOT_FINGERPRINTED
+from adamllm.results.report import write_report
+from adamllm.stage2.filter import FilterArgs, FilterStage, run_filter
+from adamllm.stage2.run import RunArgs, run_pipeline
 from adamllm.stage2.synthesize import SynthesizeArgs, SynthesizeStage, run_synthesize
-from conftest import read_json, read_jsonl
-from builders import handwritten
+from adamllm.testing.fixtures import make_caption_pairs
 
 NEW_TOKENS = 16
 TRIPLETS, FILTERED, FINAL = "syn_task_triplets.jsonl", "filtered_task_pairs.jsonl", "image_caption_and_synthetic_task.json"

@@ -18,9 +18,9 @@ import sys
 import textwrap
 
 import pytest
+from conftest import read_json, read_jsonl
 
 from adamllm.testing.fixtures import make_caption_pairs, make_seed_fixtures
-from conftest import read_json, read_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -4,14 +4,14 @@ changing the outputs, their checks, and images decoding in a thread pool ahead o
 import threading
 
 import pytest
+from conftest import read_json, read_jsonl
 from PIL import Image
 
-from adamllm.executors import stage as stage_module
 from adamllm.engines import EngineArgs
 from adamllm.engines.vllm_engine import llm_kwargs
-from adamllm.testing.fixtures import make_caption_pairs
+from adamllm.executors import stage as stage_module
 from adamllm.stage2.synthesize import SynthesizeArgs, run_synthesize
-from conftest import read_json, read_jsonl
+from adamllm.testing.fixtures import make_caption_pairs
 
 
 def test_gpu_defaults_are_the_releases_and_the_cpu_exception_is_float32_eager():

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import pairs_with_bad_images, read_json, read_jsonl
 
 pytestmark = pytest.mark.slow

@@ -40,7 +40,7 @@ def test_merge_in_syn_id_order_only_when_all_done(tmp_path):
     assert merge_shards(tmp_path, "stage.jsonl", 3, tmp_path / "stage.jsonl") is None
     write_shard(tmp_path, 3, 2, [2, 5])
     merge_shards(tmp_path, "stage.jsonl", 3, tmp_path / "stage.jsonl")
-    assert [json.loads(l)["syn_id"] for l in (tmp_path / "stage.jsonl").read_text().splitlines()] == list(range(7))
+    assert [json.loads(line)["syn_id"] for line in (tmp_path / "stage.jsonl").read_text().splitlines()] == list(range(7))
 
 
 def test_merge_refuses_lost_or_duplicated_records(tmp_path):

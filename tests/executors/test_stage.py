@@ -3,8 +3,8 @@ raises is rejected with its reason, the rest of its batch is kept; a fault every
 
 import pytest
 
-from adamllm.engines import Generation, Request
 from adamllm.core.records import RecordError
+from adamllm.engines import Generation, Request
 from adamllm.executors.stage import Loaded, run_batch_isolating
 
 

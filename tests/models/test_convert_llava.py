@@ -2,16 +2,15 @@
 llava-hf synthesizer: every weight back in place, the same logits, and the result serves in vLLM."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from builders import hf_weights, make_llava_repo_checkpoint
+from conftest import read_jsonl
 
 from adamllm.core import prompts
-from conftest import read_jsonl
-from builders import hf_weights, make_llava_repo_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import read_json, read_jsonl
 from PIL import Image
 
 from adamllm.core import prompts
 from adamllm.testing.fixtures import make_caption_pairs, make_seed_fixtures
 from adamllm.testing.tiny import IMAGE_TOKEN, LLAVA_HF_IMAGE_TOKEN, OLD_LAYOUTS, write_old_layout
-from conftest import read_json, read_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -2,15 +2,15 @@
 `datasets.load_from_disk`. Run folders are written by hand; no model and no network."""
 
 import json
-import shutil
 import os
+import shutil
 
 import pytest
+from builders import SAME, make_run, write_rows
+from conftest import read_json, read_jsonl
 from PIL import Image
 
 from adamllm.cli import main
-from conftest import read_json, read_jsonl
-from builders import SAME, make_run, write_rows
 
 datasets = pytest.importorskip("datasets", reason="the datasets package is part of the CPU environment (make setup)")
 

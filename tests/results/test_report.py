@@ -9,12 +9,12 @@ from html import escape
 from urllib.parse import quote
 
 import pytest
+from conftest import read_json
 from PIL import Image
 
-from adamllm.stage2.format import FormatArgs, run_format
-from adamllm.results.report import write_report
 from adamllm.core.stats import update_stats
-from conftest import read_json
+from adamllm.results.report import write_report
+from adamllm.stage2.format import FormatArgs, run_format
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -325,8 +325,9 @@ def test_report_says_what_the_prefix_cache_served_or_why_not(run_dir, filter_sta
 def curated_run(tmp_path):
     """12 records, filtered with --mode logprob, formatted with --dedup exact --min_yes_prob 0.8:
     7 yes verdicts asking the same question (one of them unconfident), 2 other yes, 3 no."""
-    from adamllm.cli import main
     from builders import make_run
+
+    from adamllm.cli import main
 
     same = [f"What is shown? {EVIL}", f"what is SHOWN {EVIL}"]
     questions = [same[i % 2] for i in range(7)] + ["How many cups?", "Which colour?"] + ["Is it red?", "Is it red?", "Why?"]

@@ -1,10 +1,10 @@
 """Stage 1a: merging the seed data."""
 
 import pytest
-
-from adamllm.testing.fixtures import make_seed_fixtures
-from adamllm.stage1.merge_seed import MergeSeedArgs, run_merge_seed
 from conftest import read_json, read_jsonl, write_json
+
+from adamllm.stage1.merge_seed import MergeSeedArgs, run_merge_seed
+from adamllm.testing.fixtures import make_seed_fixtures
 
 
 def merge(paths, out, **kw):

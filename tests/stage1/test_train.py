@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import read_json, read_jsonl
 
 from adamllm.core import prompts
-from adamllm.testing.fixtures import make_seed_fixtures
 from adamllm.stage1.merge_seed import MergeSeedArgs, run_merge_seed
-from conftest import read_json, read_jsonl
+from adamllm.testing.fixtures import make_seed_fixtures
 
 pytestmark = pytest.mark.slow
 

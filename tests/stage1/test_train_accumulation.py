@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import read_json
 
 from adamllm.stage1.merge_seed import MergeSeedArgs, run_merge_seed
-from conftest import read_json
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from adamllm.testing.fixtures import make_seed_fixtures
-from adamllm.stage1.merge_seed import MergeSeedArgs, run_merge_seed
 from conftest import read_json
+
+from adamllm.stage1.merge_seed import MergeSeedArgs, run_merge_seed
+from adamllm.testing.fixtures import make_seed_fixtures
 
 pytestmark = pytest.mark.slow
 

@@ -1,17 +1,15 @@
 """Curation beyond the paper (issue #12): duplicate questions (`adamllm format --dedup exact|near`) and
 verdict confidence (`--min_yes_prob`). Run folders are written by hand; no model runs."""
 
-import json
 import math
 
 import pytest
-from PIL import Image
+from builders import SAME, logprobs_for, make_run, write_rows
+from conftest import read_json, read_jsonl
 
 from adamllm.stage2 import curate
 from adamllm.stage2.curate import Deduper, RankOrder, normalise_question, shingles, yes_prob
 from adamllm.stage2.format import FormatArgs, run_format
-from conftest import read_json, read_jsonl
-from builders import logprobs_for, make_run, write_rows, SAME
 
 FINAL = "image_caption_and_synthetic_task.json"
 
@@ -346,8 +344,8 @@ def test_format_cli_prints_the_curation_and_updates_the_run_stats(tmp_path, caps
 def test_run_takes_the_curation_flags_and_checks_them_before_any_work(tiny_models, tmp_path):
     """`adamllm run` (run_synthesis.sh's OTHER_OPT) hands the curation flags to format; a threshold
     that needs log-probabilities the run will not record is refused before synthesis starts."""
-    from adamllm.testing.fixtures import make_caption_pairs
     from adamllm.stage2.run import RunArgs, run_pipeline
+    from adamllm.testing.fixtures import make_caption_pairs
 
     pairs = make_caption_pairs(tmp_path / "pairs", 4, seed=2)
     common = dict(synthesizer=str(tiny_models["synthesizer"]), checker=str(tiny_models["checker"]), data_path=str(pairs["data_path"]),

@@ -4,12 +4,20 @@ import json
 import random
 
 import pytest
+from conftest import read_json, read_jsonl
 from PIL import Image
 
 from adamllm.core import prompts
 from adamllm.core.parse import Triplet
-from adamllm.stage2.format import CHAIN_OF_THOUGHT, INFORMATIVE_ONLY, INFORMATIVE_THEN_PRECISE, FormatArgs, answer_kind, run_format, synthetic_task
-from conftest import read_json, read_jsonl
+from adamllm.stage2.format import (
+    CHAIN_OF_THOUGHT,
+    INFORMATIVE_ONLY,
+    INFORMATIVE_THEN_PRECISE,
+    FormatArgs,
+    answer_kind,
+    run_format,
+    synthetic_task,
+)
 
 QA_ASSISTANTS = {t.assistant for t in prompts.QA_TEMPLATES}
 

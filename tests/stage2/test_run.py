@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from builders import handwritten
+from conftest import pairs_with_bad_images, read_json, read_jsonl
 
 from adamllm.core import prompts
 from adamllm.stage2.filter import FilterArgs, run_filter
-from adamllm.testing.fixtures import make_caption_pairs
 from adamllm.stage2.synthesize import SynthesizeArgs, run_synthesize
-from conftest import pairs_with_bad_images, read_json, read_jsonl
-from builders import handwritten
+from adamllm.testing.fixtures import make_caption_pairs
 
 pytestmark = pytest.mark.slow
 
