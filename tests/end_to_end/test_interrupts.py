@@ -184,7 +184,7 @@ def test_a_rerun_of_export_removes_the_staging_folder_a_killed_export_left(tmp_p
 
 def test_stale_temp_files_by_where_their_writer_ran(tmp_path):
     old = time.time() - 3600
-    here_dead = killed_runs_tmp(tmp_path / "a.json", dead_pid())
+    killed_runs_tmp(tmp_path / "a.json", dead_pid())  # its writer died here: removed
     here_live = killed_runs_tmp(tmp_path / "b.json", os.getpid())
     elsewhere_fresh = killed_runs_tmp(tmp_path / "c.json", dead_pid(), place="0badc0de")
     elsewhere_old = killed_runs_tmp(tmp_path / "d.json", dead_pid(), place="0badc0de")
