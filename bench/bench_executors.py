@@ -51,23 +51,50 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="adamllm-bench-executors-"))
     models = make_tiny_models(work / "tiny")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0",
-               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        VLLM_CPU_KVCACHE_SPACE="1",
+        VLLM_ENABLE_V1_MULTIPROCESSING="0",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+    )
     rows = []
     for size in args.sizes:
         pairs = make_caption_pairs(work / f"pairs-{size}", size)
         for executor, extra in (("local", []), ("ray", ["--executor", "ray", "--num_workers", "2"])):
             out = work / f"out-{size}-{executor}"
-            cmd = [sys.executable, "-m", "adamllm", "synthesize", "--model", str(models["synthesizer"]),
-                   "--data_path", str(pairs["data_path"]), "--image_folder", str(pairs["image_folder"]),
-                   "--output_dir", str(out), "--engine", args.engine, "--max_new_tokens", str(args.max_new_tokens),
-                   "--batch_size", str(args.batch_size), *extra]
+            cmd = [
+                sys.executable,
+                "-m",
+                "adamllm",
+                "synthesize",
+                "--model",
+                str(models["synthesizer"]),
+                "--data_path",
+                str(pairs["data_path"]),
+                "--image_folder",
+                str(pairs["image_folder"]),
+                "--output_dir",
+                str(out),
+                "--engine",
+                args.engine,
+                "--max_new_tokens",
+                str(args.max_new_tokens),
+                "--batch_size",
+                str(args.batch_size),
+                *extra,
+            ]
             wall, peak = run(cmd, env)
             rows.append((size, executor, wall, peak))
-        same = (work / f"out-{size}-local" / "syn_task_triplets.jsonl").read_bytes() == (work / f"out-{size}-ray" / "syn_task_triplets.jsonl").read_bytes()
+        same = (work / f"out-{size}-local" / "syn_task_triplets.jsonl").read_bytes() == (
+            work / f"out-{size}-ray" / "syn_task_triplets.jsonl"
+        ).read_bytes()
         rows.append((size, "identical files", same, None))
 
-    print(f"\nexecutor benchmark: tiny synthesizer, engine {args.engine}, max_new_tokens {args.max_new_tokens}, batch {args.batch_size}")
+    print(
+        f"\nexecutor benchmark: tiny synthesizer, engine {args.engine}, max_new_tokens {args.max_new_tokens}, batch {args.batch_size}"
+    )
     print("records | executor | wall s | records/s | driver peak RSS MiB")
     print("--- | --- | --- | --- | ---")
     for size, executor, wall, peak in rows:

@@ -35,14 +35,27 @@ from PIL import Image
 
 # (verdict, error reason or None, weight): a third yes, as the paper saw, then the ways a record fails.
 OUTCOMES = (
-    ("yes", None, 30), ("no", None, 35), ("open", None, 10), ("invalid", None, 5),
-    (None, "no_triplet", 15), (None, "image_missing", 3), (None, "prompt_too_long", 2),
+    ("yes", None, 30),
+    ("no", None, 35),
+    ("open", None, 10),
+    ("invalid", None, 5),
+    (None, "no_triplet", 15),
+    (None, "image_missing", 3),
+    (None, "prompt_too_long", 2),
 )
 U = "<|start_header_id|>user<|end_header_id|>\n\n"
 A = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
 E = "<|eot_id|>"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--dump-dom"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--dump-dom",
+]
 
 
 def make_images(folder: Path, count: int, seed: int) -> list[str]:
@@ -77,7 +90,10 @@ def make_run(root: Path, size: int, images: list[str], image_folder: Path, seed:
             _, q, precise, informative = rng.choice(qa_tasks(scene))
             row = {
                 "images": ["gone.jpg" if reason == "image_missing" else rng.choice(images)],
-                "messages": [{"role": "user", "content": "<image>\nDescribe the image."}, {"role": "assistant", "content": caption(scene, rng)}],
+                "messages": [
+                    {"role": "user", "content": "<image>\nDescribe the image."},
+                    {"role": "assistant", "content": caption(scene, rng)},
+                ],
                 "syn_id": syn_id,
                 "pred": f"Answer with a precise response.\n{q}{A}{precise}{E}{U}Answer with an informative response.\n{q}{A}{informative}{E}",
                 "collected_QA": {"Q": q, "precise_A": precise, "informative_A": informative},
@@ -88,11 +104,24 @@ def make_run(root: Path, size: int, images: list[str], image_folder: Path, seed:
                 if reason != "no_triplet":
                     row["pred"] = None
             fh.write(json.dumps(row) + "\n")
-    summary = run_format(FormatArgs(data_path=str(out / "filtered_task_pairs.jsonl"), image_folder=str(image_folder),
-                                    output=str(out / "image_caption_and_synthetic_task.json")))
-    update_stats(out, "synthesize", {"records_in": size, "records_out": size, "rejected": {}, "args": {"image_folder": str(image_folder)}})
+    summary = run_format(
+        FormatArgs(
+            data_path=str(out / "filtered_task_pairs.jsonl"),
+            image_folder=str(image_folder),
+            output=str(out / "image_caption_and_synthetic_task.json"),
+        )
+    )
+    update_stats(
+        out,
+        "synthesize",
+        {"records_in": size, "records_out": size, "rejected": {}, "args": {"image_folder": str(image_folder)}},
+    )
     update_stats(out, "filter", {"records_in": size, "records_out": summary.synthetic_tasks, "rejected": {}})
-    update_stats(out, "format", {"records_in": summary.records_in, "records_out": summary.records_out, "rejected": summary.rejected})
+    update_stats(
+        out,
+        "format",
+        {"records_in": summary.records_in, "records_out": summary.records_out, "rejected": summary.rejected},
+    )
     return out
 
 
@@ -100,8 +129,12 @@ def load_seconds(browser: str, page: Path, profile: Path, timeout: int) -> float
     """Seconds until Chromium has loaded the page; None past `timeout`."""
     start = time.monotonic()
     try:
-        result = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", page.as_uri()],
-                                capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", page.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return None
     if result.returncode != 0 or "</html>" not in result.stdout:
@@ -113,8 +146,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--images", type=int, default=2000, help="distinct pictures the records share")
-    parser.add_argument("--every_card_up_to", type=int, default=2000, help="also report the page with every card for runs up to this size")
-    parser.add_argument("--timeout", type=int, default=300, help="seconds one page may take to load (the table says when it took longer)")
+    parser.add_argument(
+        "--every_card_up_to",
+        type=int,
+        default=2000,
+        help="also report the page with every card for runs up to this size",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        default=300,
+        help="seconds one page may take to load (the table says when it took longer)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -126,7 +169,9 @@ def main() -> None:
         rows, start_s = measure(args, browser, work)
     finally:
         shutil.rmtree(work)
-    print(f"\nreport benchmark: {args.images} shared pictures (256 px, noisy); Chromium's own start ({start_s:.1f} s) subtracted")
+    print(
+        f"\nreport benchmark: {args.images} shared pictures (256 px, noisy); Chromium's own start ({start_s:.1f} s) subtracted"
+    )
     print("records | cards | page MB | build s | build peak RSS MiB | load s in headless Chromium")
     print("--- | --- | --- | --- | --- | ---")
     for size, label, cards, mb, build_s, peak, load_s in rows:

@@ -47,12 +47,25 @@ sys.path.insert(0, str(ROOT))  # run as a script from a checkout, installed or n
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOPs, from the vendors' data sheets; the first
 # pattern found in torch.cuda.get_device_name() wins, so the more specific names come first.
 PEAK_BF16_TFLOPS = [
-    (r"H200 NVL", 835.0), (r"H200|GH200", 989.4),
-    (r"H100 NVL", 835.0), (r"H100 PCIe", 756.0), (r"H100|H800", 989.4),
-    (r"B200", 2250.0), (r"B100", 1750.0),
-    (r"A100|A800", 312.0), (r"L40S", 362.0), (r"L40\b", 181.0), (r"\bL4\b", 121.0),
-    (r"A10G", 70.0), (r"\bA10\b", 125.0), (r"RTX 6000 Ada", 364.0), (r"A6000", 154.8),
-    (r"RTX 4090", 165.2), (r"RTX 3090", 71.0), (r"MI300X", 1307.4), (r"MI250X?", 383.0),
+    (r"H200 NVL", 835.0),
+    (r"H200|GH200", 989.4),
+    (r"H100 NVL", 835.0),
+    (r"H100 PCIe", 756.0),
+    (r"H100|H800", 989.4),
+    (r"B200", 2250.0),
+    (r"B100", 1750.0),
+    (r"A100|A800", 312.0),
+    (r"L40S", 362.0),
+    (r"L40\b", 181.0),
+    (r"\bL4\b", 121.0),
+    (r"A10G", 70.0),
+    (r"\bA10\b", 125.0),
+    (r"RTX 6000 Ada", 364.0),
+    (r"A6000", 154.8),
+    (r"RTX 4090", 165.2),
+    (r"RTX 3090", 71.0),
+    (r"MI300X", 1307.4),
+    (r"MI250X?", 383.0),
 ]
 
 
@@ -72,10 +85,17 @@ class Shapes:
 
 
 EIGHT_B = Shapes(
-    text=dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5),
+    text=dict(
+        hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5
+    ),
     vision=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, projection_dim=768),
-    vocab_size=128256, image_size=336, patch_size=14,
-    grid=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]], picture=672, layers=8, vision_layers=24,
+    vocab_size=128256,
+    image_size=336,
+    patch_size=14,
+    grid=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+    picture=672,
+    layers=8,
+    vision_layers=24,
 )
 
 
@@ -85,8 +105,12 @@ def small_shapes() -> Shapes:
     return Shapes(
         text={k: v for k, v in tiny.TEXT.items() if k != "num_hidden_layers"},
         vision={k: v for k, v in tiny.VISION.items() if k != "num_hidden_layers"},
-        vocab_size=0, image_size=tiny.IMAGE_SIZE, patch_size=tiny.PATCH_SIZE, grid=tiny.GRID_PINPOINTS,
-        picture=2 * tiny.IMAGE_SIZE, layers=tiny.TEXT["num_hidden_layers"],
+        vocab_size=0,
+        image_size=tiny.IMAGE_SIZE,
+        patch_size=tiny.PATCH_SIZE,
+        grid=tiny.GRID_PINPOINTS,
+        picture=2 * tiny.IMAGE_SIZE,
+        layers=tiny.TEXT["num_hidden_layers"],
         vision_layers=tiny.VISION["num_hidden_layers"],
     )
 
@@ -135,11 +159,15 @@ def make_processor(shapes: Shapes, tokenizer):
 
     return LlavaNextProcessor(
         image_processor=LlavaNextImageProcessor(
-            size={"shortest_edge": shapes.image_size}, crop_size={"height": shapes.image_size, "width": shapes.image_size},
+            size={"shortest_edge": shapes.image_size},
+            crop_size={"height": shapes.image_size, "width": shapes.image_size},
             image_grid_pinpoints=shapes.grid,
         ),
-        tokenizer=tokenizer, patch_size=shapes.patch_size, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, image_token=tiny.IMAGE_TOKEN,
+        tokenizer=tokenizer,
+        patch_size=shapes.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token=tiny.IMAGE_TOKEN,
     )
 
 
@@ -150,15 +178,26 @@ def model_config(shapes: Shapes, layers: int, vision_layers: int, tokenizer):
     from adamllm.testing import tiny
 
     text = LlamaConfig(
-        vocab_size=shapes.vocab_size or len(tokenizer), num_hidden_layers=layers, max_position_embeddings=8192,
-        rope_parameters={"rope_type": "default", "rope_theta": 500000.0}, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=shapes.vocab_size or len(tokenizer),
+        num_hidden_layers=layers,
+        max_position_embeddings=8192,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         **shapes.text,
     )
     return LlavaNextConfig(
-        vision_config=CLIPVisionConfig(image_size=shapes.image_size, patch_size=shapes.patch_size, num_hidden_layers=vision_layers, **shapes.vision),
-        text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(tiny.IMAGE_TOKEN), image_grid_pinpoints=shapes.grid,
-        vision_feature_select_strategy="default", vision_feature_layer=-2, projector_hidden_act="gelu",
+        vision_config=CLIPVisionConfig(
+            image_size=shapes.image_size, patch_size=shapes.patch_size, num_hidden_layers=vision_layers, **shapes.vision
+        ),
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids(tiny.IMAGE_TOKEN),
+        image_grid_pinpoints=shapes.grid,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
         image_seq_length=(shapes.image_size // shapes.patch_size) ** 2,
     )
 
@@ -166,8 +205,13 @@ def model_config(shapes: Shapes, layers: int, vision_layers: int, tokenizer):
 def model_info(model, path: Path) -> ModelInfo:
     text = model.config.text_config
     params = sum(p.numel() for p in model.parameters())
-    return ModelInfo(path=str(path), params=params, flop_params=params - model.get_input_embeddings().weight.numel(),
-                     text_layers=text.num_hidden_layers, hidden=text.hidden_size)
+    return ModelInfo(
+        path=str(path),
+        params=params,
+        flop_params=params - model.get_input_embeddings().weight.numel(),
+        text_layers=text.num_hidden_layers,
+        hidden=text.hidden_size,
+    )
 
 
 def random_model(shapes: Shapes, layers: int, vision_layers: int, tokenizer, bf16: bool):
@@ -225,11 +269,17 @@ def make_data(folder: Path, model: Path, records: int, picture: int, text_tokens
     seed = fixtures.make_seed_fixtures(folder / "seed", num_images=records * 10 // 9 + 8, seed=0)  # merge keeps 90%
     for path in Path(seed["image_folder"]).iterdir():
         Image.open(path).resize((picture, picture), Image.NEAREST).save(path)
-    run_merge_seed(MergeSeedArgs(
-        caption_path=str(seed["caption"]), precise_qa_path=str(seed["precise"]), informative_qa_path=str(seed["informative"]),
-        output=str(folder / "merged.json"), blank_image_path=str(folder / "blank.png"), image_folder=str(seed["image_folder"]),
-        replace_with_blank_image_percent=0,
-    ))
+    run_merge_seed(
+        MergeSeedArgs(
+            caption_path=str(seed["caption"]),
+            precise_qa_path=str(seed["precise"]),
+            informative_qa_path=str(seed["informative"]),
+            output=str(folder / "merged.json"),
+            blank_image_path=str(folder / "blank.png"),
+            image_folder=str(seed["image_folder"]),
+            replace_with_blank_image_percent=0,
+        )
+    )
     processor = load_processor(str(model))
     rng = random.Random(0)
     data = json.loads((folder / "merged.json").read_text())[:records]
@@ -248,18 +298,66 @@ def make_data(folder: Path, model: Path, records: int, picture: int, text_tokens
 def train(args, model: ModelInfo, data: dict, out: Path, gpu: bool) -> Path:
     """`adamllm train` under torchrun; returns the output folder holding step_timing.rank*.json."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), "--master_port", str(args.port),
-        "-m", "adamllm", "train", "--deepspeed", str(ROOT / "scripts" / f"zero{args.zero}.json"),
-        "--model_name_or_path", model.path, "--data_path", str(data["data_path"]), "--image_folder", str(data["image_folder"]),
-        "--blank_image_path", str(data["blank"]), "--output_dir", str(out), "--max_steps", str(args.steps),
-        "--per_device_train_batch_size", str(args.batch_size), "--gradient_accumulation_steps", "1", "--learning_rate", "2e-5",
-        "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "True",
-        "--train_sampling_strategy", "group_by_length",  # as scripts/tune_synthesizer.sh
-        "--step_timing", "True", "--attn_implementation", args.attn_implementation,
-        "--use_liger_kernel", str(args.use_liger_kernel), "--padding_free", str(args.padding_free),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(args.nproc),
+        "--master_port",
+        str(args.port),
+        "-m",
+        "adamllm",
+        "train",
+        "--deepspeed",
+        str(ROOT / "scripts" / f"zero{args.zero}.json"),
+        "--model_name_or_path",
+        model.path,
+        "--data_path",
+        str(data["data_path"]),
+        "--image_folder",
+        str(data["image_folder"]),
+        "--blank_image_path",
+        str(data["blank"]),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        str(args.steps),
+        "--per_device_train_batch_size",
+        str(args.batch_size),
+        "--gradient_accumulation_steps",
+        "1",
+        "--learning_rate",
+        "2e-5",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "True",
+        "--train_sampling_strategy",
+        "group_by_length",  # as scripts/tune_synthesizer.sh
+        "--step_timing",
+        "True",
+        "--attn_implementation",
+        args.attn_implementation,
+        "--use_liger_kernel",
+        str(args.use_liger_kernel),
+        "--padding_free",
+        str(args.padding_free),
     ]
     if gpu:
-        command += ["--bf16", "True", "--tf32", "True", "--gradient_checkpointing", str(args.gradient_checkpointing), "--dataloader_num_workers", "4"]
+        command += [
+            "--bf16",
+            "True",
+            "--tf32",
+            "True",
+            "--gradient_checkpointing",
+            str(args.gradient_checkpointing),
+            "--dataloader_num_workers",
+            "4",
+        ]
     else:
         command += ["--dataloader_num_workers", "0"]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
@@ -278,8 +376,10 @@ def train(args, model: ModelInfo, data: dict, out: Path, gpu: bool) -> Path:
 def summarize(args, model: ModelInfo, out: Path, peak: float | None) -> Result:
     ranks = [json.loads(p.read_text()) for p in sorted(out.glob("step_timing.rank*.json"))]
     if len(ranks) != args.nproc or any(len(r["steps"]) <= args.warmup_steps for r in ranks):
-        raise SystemExit(f"bench_stage1: expected {args.nproc} step_timing files with more than {args.warmup_steps} steps in {out}")
-    timed = [r["steps"][args.warmup_steps:] for r in ranks]
+        raise SystemExit(
+            f"bench_stage1: expected {args.nproc} step_timing files with more than {args.warmup_steps} steps in {out}"
+        )
+    timed = [r["steps"][args.warmup_steps :] for r in ranks]
     seconds = max(sum(s["seconds"] for s in steps) for steps in timed)  # ranks wait for each other every step
     tokens = sum(s["tokens"] for steps in timed for s in steps)
     padded = sum(s["padded_tokens"] for steps in timed for s in steps)
@@ -291,22 +391,55 @@ def summarize(args, model: ModelInfo, out: Path, peak: float | None) -> Result:
     ran = json.loads((out / "training_summary.json").read_text())["speed_levers"]
     levers = [name for name, on in (("liger", ran["liger"]), ("padding-free", ran["padding_free"])) if on]
     return Result(
-        zero=args.zero, levers=" + ".join([ran["attn_implementation"], *levers]), fallbacks=ran["fallbacks"], processes=args.nproc, batch=args.batch_size,
-        params=model.params, tokens_per_sample=tokens / samples, padding=1 - tokens / padded, timed_steps=len(timed[0]),
-        seconds_per_step=seconds / len(timed[0]), tokens_per_s=tokens / seconds,
+        zero=args.zero,
+        levers=" + ".join([ran["attn_implementation"], *levers]),
+        fallbacks=ran["fallbacks"],
+        processes=args.nproc,
+        batch=args.batch_size,
+        params=model.params,
+        tokens_per_sample=tokens / samples,
+        padding=1 - tokens / padded,
+        timed_steps=len(timed[0]),
+        seconds_per_step=seconds / len(timed[0]),
+        tokens_per_s=tokens / seconds,
         mfu=flops / seconds / (args.nproc * peak * 1e12) if peak else None,
-        peak_memory_gib=max(peaks), device=ranks[0]["device"], per_rank_peak_gib=peaks,
+        peak_memory_gib=max(peaks),
+        device=ranks[0]["device"],
+        per_rank_peak_gib=peaks,
     )
 
 
 def print_table(result: Result, peak: float | None) -> None:
-    header = ("ZeRO", "attention + levers", "processes", "batch", "params", "tokens/sample", "padding", "timed steps",
-              "s/step", "tokens/s", "MFU", "peak memory/rank")
+    header = (
+        "ZeRO",
+        "attention + levers",
+        "processes",
+        "batch",
+        "params",
+        "tokens/sample",
+        "padding",
+        "timed steps",
+        "s/step",
+        "tokens/s",
+        "MFU",
+        "peak memory/rank",
+    )
     mfu = f"{result.mfu:.1%}" if result.mfu is not None else "n/a (give --peak_tflops)"
     params = f"{result.params / 1e9:.2f}B" if result.params >= 1e9 else f"{result.params / 1e6:.1f}M"
-    row = (result.zero, result.levers, result.processes, result.batch, params, f"{result.tokens_per_sample:.0f}",
-           f"{result.padding:.1%}", result.timed_steps, f"{result.seconds_per_step:.3f}", f"{result.tokens_per_s:,.0f}", mfu,
-           f"{result.peak_memory_gib:.2f} GiB")
+    row = (
+        result.zero,
+        result.levers,
+        result.processes,
+        result.batch,
+        params,
+        f"{result.tokens_per_sample:.0f}",
+        f"{result.padding:.1%}",
+        result.timed_steps,
+        f"{result.seconds_per_step:.3f}",
+        f"{result.tokens_per_s:,.0f}",
+        mfu,
+        f"{result.peak_memory_gib:.2f} GiB",
+    )
     print(f"\nstage-1 benchmark on {result.device} (peak {peak or 'unknown'} bf16 TFLOPs per device)")
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
@@ -319,19 +452,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zero", type=int, choices=(2, 3), default=2, help="scripts/zero2.json or zero3.json")
     parser.add_argument("--layers", type=int, help="text layers (default 8; --small: 4)")
-    parser.add_argument("--vision_layers", type=int, help="vision tower layers (default 24, the whole CLIP ViT-L; --small: 2)")
+    parser.add_argument(
+        "--vision_layers", type=int, help="vision tower layers (default 24, the whole CLIP ViT-L; --small: 2)"
+    )
     parser.add_argument("--batch_size", type=int, help="per process (default 4; --small: 2)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default 20; --small: 6)")
     parser.add_argument("--warmup_steps", type=int, default=2, help="first steps left out of the timing")
     parser.add_argument("--nproc", type=int, help="processes (default 1 GPU; --small: 2 CPU processes)")
-    parser.add_argument("--text_tokens", type=int, default=300, help="text tokens per sample (the image adds 2,928 on the 8B grid)")
-    parser.add_argument("--peak_tflops", type=float, help="peak dense bf16 TFLOPs per device (default: from the GPU's name)")
-    parser.add_argument("--gradient_checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=True, help="on a GPU (default True)")
-    parser.add_argument("--use_liger_kernel", action="store_true", help="lever: Liger's kernels and fused linear cross-entropy")
-    parser.add_argument("--attn_implementation", default="sdpa", help="lever: sdpa (default), eager or flash_attention_2")
+    parser.add_argument(
+        "--text_tokens", type=int, default=300, help="text tokens per sample (the image adds 2,928 on the 8B grid)"
+    )
+    parser.add_argument(
+        "--peak_tflops", type=float, help="peak dense bf16 TFLOPs per device (default: from the GPU's name)"
+    )
+    parser.add_argument(
+        "--gradient_checkpointing",
+        type=lambda s: s.lower() in ("1", "true", "yes"),
+        default=True,
+        help="on a GPU (default True)",
+    )
+    parser.add_argument(
+        "--use_liger_kernel", action="store_true", help="lever: Liger's kernels and fused linear cross-entropy"
+    )
+    parser.add_argument(
+        "--attn_implementation", default="sdpa", help="lever: sdpa (default), eager or flash_attention_2"
+    )
     parser.add_argument("--padding_free", action="store_true", help="lever: micro-batches packed without padding")
-    parser.add_argument("--small", action="store_true", help="tiny shapes on the CPU, float32: the same path in seconds")
-    parser.add_argument("--work_dir", default=str(ROOT / "exp" / "bench_stage1"), help="model cache, data, logs, results.json")
+    parser.add_argument(
+        "--small", action="store_true", help="tiny shapes on the CPU, float32: the same path in seconds"
+    )
+    parser.add_argument(
+        "--work_dir", default=str(ROOT / "exp" / "bench_stage1"), help="model cache, data, logs, results.json"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the training output folder")
     parser.add_argument("--port", type=int, default=29531, help="torchrun's master port")
     return parser.parse_args(argv)
@@ -361,8 +513,13 @@ def main(argv: list[str] | None = None) -> Result:
     start = time.monotonic()
     model = build_model(shapes, args.layers, args.vision_layers, gpu, model_dir)
     records = args.steps * args.batch_size * args.nproc
-    data = make_data(work / f"data-{kind}-{records}-{args.text_tokens}", model_dir, records, shapes.picture, args.text_tokens)
-    print(f"model ({model.params / 1e6:,.0f}M parameters) and {records} records ready in {time.monotonic() - start:.0f} s", flush=True)
+    data = make_data(
+        work / f"data-{kind}-{records}-{args.text_tokens}", model_dir, records, shapes.picture, args.text_tokens
+    )
+    print(
+        f"model ({model.params / 1e6:,.0f}M parameters) and {records} records ready in {time.monotonic() - start:.0f} s",
+        flush=True,
+    )
     out = work / f"run-zero{args.zero}"
     shutil.rmtree(out, ignore_errors=True)  # never resume: every run times the same steps
     train(args, model, data, out, gpu)

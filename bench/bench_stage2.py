@@ -90,29 +90,102 @@ def cpu_table(args) -> None:
     rows = []
     for engine in ("vllm", "hf"):
         out = work / f"synth-{engine}"
-        stats, total = timed(lambda: run_synthesize(SynthesizeArgs(
-            model=str(models["synthesizer"]), data_path=str(pairs["data_path"]), image_folder=str(pairs["image_folder"]),
-            output_dir=str(out), engine=engine, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)))
+        stats, total = timed(
+            lambda: run_synthesize(
+                SynthesizeArgs(
+                    model=str(models["synthesizer"]),
+                    data_path=str(pairs["data_path"]),
+                    image_folder=str(pairs["image_folder"]),
+                    output_dir=str(out),
+                    engine=engine,
+                    max_new_tokens=args.max_new_tokens,
+                    batch_size=args.batch_size,
+                )
+            )
+        )
         wall = stats["wall_s"] - stats.get("engine_load_s", 0.0)  # model loading is the "load s" column
-        rows.append(("synthesize", engine, "-", stats["records_in"], wall, stats["output_tokens"], stats["engine_s"], stats.get("engine_load_s", 0.0), stats["prompt_tokens"], "-"))
+        rows.append(
+            (
+                "synthesize",
+                engine,
+                "-",
+                stats["records_in"],
+                wall,
+                stats["output_tokens"],
+                stats["engine_s"],
+                stats.get("engine_load_s", 0.0),
+                stats["prompt_tokens"],
+                "-",
+            )
+        )
     triplets = handwritten_triplets(pairs["data_path"], work)
     for engine, caching in (("vllm", True), ("vllm", False), ("hf", False)):
         out = work / f"filter-{engine}-{caching}"
-        stats, total = timed(lambda: run_filter(FilterArgs(
-            model=str(models["checker"]), data_path=str(triplets), output_dir=str(out), engine=engine,
-            batch_size=args.batch_size, prefix_caching=caching)))
+        stats, total = timed(
+            lambda: run_filter(
+                FilterArgs(
+                    model=str(models["checker"]),
+                    data_path=str(triplets),
+                    output_dir=str(out),
+                    engine=engine,
+                    batch_size=args.batch_size,
+                    prefix_caching=caching,
+                )
+            )
+        )
         wall = stats["wall_s"] - stats.get("engine_load_s", 0.0)
-        rows.append(("filter", engine, "on" if caching else "off", stats["records_in"], wall, stats["output_tokens"], stats["engine_s"], stats.get("engine_load_s", 0.0), stats["prompt_tokens"], stats["prompt_tokens_computed"]))
+        rows.append(
+            (
+                "filter",
+                engine,
+                "on" if caching else "off",
+                stats["records_in"],
+                wall,
+                stats["output_tokens"],
+                stats["engine_s"],
+                stats.get("engine_load_s", 0.0),
+                stats["prompt_tokens"],
+                stats["prompt_tokens_computed"],
+            )
+        )
 
-    header = ("stage", "engine", "prefix cache", "pairs", "wall s", "pairs/s", "out tok/s", "in engine", "load s", "prompt tok", "prefill computed")
-    print(f"\nstage-2 benchmark: {args.num_pairs} generated pairs, tiny models, max_new_tokens {args.max_new_tokens}, batch {args.batch_size}")
+    header = (
+        "stage",
+        "engine",
+        "prefix cache",
+        "pairs",
+        "wall s",
+        "pairs/s",
+        "out tok/s",
+        "in engine",
+        "load s",
+        "prompt tok",
+        "prefill computed",
+    )
+    print(
+        f"\nstage-2 benchmark: {args.num_pairs} generated pairs, tiny models, max_new_tokens {args.max_new_tokens}, batch {args.batch_size}"
+    )
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     for stage, engine, cache, n, wall, out_tok, engine_s, load_s, prompt_tok, computed in rows:
-        print(" | ".join(str(x) for x in (
-            stage, engine, cache, n, f"{wall:.1f}", f"{n / wall:.1f}", f"{out_tok / wall:.0f}",
-            f"{engine_s / wall:.0%}", f"{load_s:.1f}", prompt_tok, computed)))
-
+        print(
+            " | ".join(
+                str(x)
+                for x in (
+                    stage,
+                    engine,
+                    cache,
+                    n,
+                    f"{wall:.1f}",
+                    f"{n / wall:.1f}",
+                    f"{out_tok / wall:.0f}",
+                    f"{engine_s / wall:.0%}",
+                    f"{load_s:.1f}",
+                    prompt_tok,
+                    computed,
+                )
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -166,7 +239,7 @@ def build_random_synthesizer(out: Path, small: bool, layers: int) -> Path:
         # Logit 0 for <|end_of_text|> and for the rows no token uses: the max over ~3k random logits
         # is positive, so greedy decoding never stops early and never writes an unknown id.
         head = model.get_output_embeddings().weight
-        head[len(tokenizer):] = 0
+        head[len(tokenizer) :] = 0
         head[tokenizer.convert_tokens_to_ids(EOS)] = 0
     model.save_pretrained(out, max_shard_size="2GB")  # small shards: the vLLM-layout rename rewrites only the tower's
     b1.make_processor(shapes, tokenizer).save_pretrained(out)
@@ -228,10 +301,29 @@ def prefill_flops(config, width: int, height: int, records: int, prompt_tokens: 
 def synthesize_row(args, model: str, pairs: dict, out: Path, engine: str, flags: list[str]) -> dict:
     """One `adamllm synthesize` process; its stats.json entry, or rc and the log's tail when it failed."""
     batch = args.batch_size or (256 if engine == "vllm" else 8)
-    cmd = [sys.executable, "-m", "adamllm", "synthesize", "--model", model, "--data_path", str(pairs["data_path"]),
-           "--image_folder", str(pairs["image_folder"]), "--output_dir", str(out), "--engine", engine,
-           "--max_new_tokens", str(args.max_new_tokens), "--batch_size", str(batch),
-           "--max_model_len", str(args.max_model_len), *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "adamllm",
+        "synthesize",
+        "--model",
+        model,
+        "--data_path",
+        str(pairs["data_path"]),
+        "--image_folder",
+        str(pairs["image_folder"]),
+        "--output_dir",
+        str(out),
+        "--engine",
+        engine,
+        "--max_new_tokens",
+        str(args.max_new_tokens),
+        "--batch_size",
+        str(batch),
+        "--max_model_len",
+        str(args.max_model_len),
+        *flags,
+    ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     log = out.with_suffix(".log")
     shutil.rmtree(out, ignore_errors=True)  # a rerun into the same --work would resume, not run
@@ -275,7 +367,9 @@ def choose_engine(requested: str, rows: list[tuple[str, list[str]]], has_vllm: b
         engine = "hf"
         notes.append("vLLM is not installed here: every row ran --engine hf (transformers generate) instead")
     if engine == "hf" and any(flags for _, flags in rows):
-        notes.append("the vLLM settings (" + ", ".join(label for label, _ in rows) + ") do not apply to --engine hf: left out")
+        notes.append(
+            "the vLLM settings (" + ", ".join(label for label, _ in rows) + ") do not apply to --engine hf: left out"
+        )
         rows = [(label, []) for label, _ in rows]
     return engine, rows, notes
 
@@ -301,9 +395,15 @@ def gpu_table(args, extra: list[str]) -> int:
         model, what = args.model, f"{args.model}"
     else:
         start = time.monotonic()
-        model = str(build_random_synthesizer(Path(args.model_dir) if args.model_dir else work / "model", args.small, args.layers))
-        what = (f"random LLaVA-NeXT, {'the tiny models' if args.small else 'llava-hf/llama3-llava-next-8b-hf'}' shapes, "
-                f"{args.layers} text layers (built in {time.monotonic() - start:.0f} s)")
+        model = str(
+            build_random_synthesizer(
+                Path(args.model_dir) if args.model_dir else work / "model", args.small, args.layers
+            )
+        )
+        what = (
+            f"random LLaVA-NeXT, {'the tiny models' if args.small else 'llava-hf/llama3-llava-next-8b-hf'}' shapes, "
+            f"{args.layers} text layers (built in {time.monotonic() - start:.0f} s)"
+        )
     config = AutoConfig.from_pretrained(model)
     image_tokens = image_token_count(load_processor(model), width, height)
     pairs = make_pairs(work / "pairs", args.num_pairs, width, height, caption_words)
@@ -313,31 +413,68 @@ def gpu_table(args, extra: list[str]) -> int:
         stats = synthesize_row(args, model, pairs, work / f"synth-{i}", engine, flags + extra)
         results.append({"settings": label, "engine": engine, **stats})
 
-    print(f"\nstage-2 synthesis benchmark ({'small: the tiny shapes, a plumbing check' if args.small else 'GPU mode'}): {device}")
+    print(
+        f"\nstage-2 synthesis benchmark ({'small: the tiny shapes, a plumbing check' if args.small else 'GPU mode'}): {device}"
+    )
     print(f"model: {what}")
-    print(f"input: {args.num_pairs} generated pairs, {width}x{height} pictures ({image_tokens} image tokens each), "
-          f"max_new_tokens {args.max_new_tokens}, max_model_len {args.max_model_len}")
+    print(
+        f"input: {args.num_pairs} generated pairs, {width}x{height} pictures ({image_tokens} image tokens each), "
+        f"max_new_tokens {args.max_new_tokens}, max_model_len {args.max_model_len}"
+    )
     peak_note = f"{peak:g} TFLOP/s" if peak else "unknown: give --peak_tflops"
     print(f"prefill MFU = prefill FLOPs / (dense bf16 peak {peak_note} x engine s); engine s holds the decode too")
-    header = ("engine", "settings", "pairs", "wall s", "pairs/s", "prompt tok/pair", "prefill tok/s", "decode tok/s", "prefill MFU", "load s")
+    header = (
+        "engine",
+        "settings",
+        "pairs",
+        "wall s",
+        "pairs/s",
+        "prompt tok/pair",
+        "prefill tok/s",
+        "decode tok/s",
+        "prefill MFU",
+        "load s",
+    )
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     failed = 0
     for r in results:
         if r["rc"] != 0:
             failed += 1
-            print(" | ".join([r["engine"], r["settings"], f"FAILED (exit {r['rc']}): {r['log']}"] + [""] * (len(header) - 3)))
+            print(
+                " | ".join(
+                    [r["engine"], r["settings"], f"FAILED (exit {r['rc']}): {r['log']}"] + [""] * (len(header) - 3)
+                )
+            )
             continue
         n, engine_s = r["records_out"], max(r["engine_s"], 1e-9)
         wall = r["wall_s"] - r.get("engine_load_s", 0.0)
         flops, params = prefill_flops(config, width, height, n, r["prompt_tokens"])
-        r.update(prefill_flops=flops, llm_layer_params=params, prefill_tok_s=r["prompt_tokens"] / engine_s,
-                 decode_tok_s=r["output_tokens"] / engine_s, pairs_s=n / wall if wall > 0 else 0.0,
-                 prefill_mfu=flops / (peak * 1e12 * engine_s) if peak else None)
-        print(" | ".join(str(x) for x in (
-            r["engine"], r["settings"], n, f"{wall:.1f}", f"{r['pairs_s']:.2f}", f"{r['prompt_tokens'] / max(n, 1):.0f}",
-            f"{r['prefill_tok_s']:.0f}", f"{r['decode_tok_s']:.0f}",
-            f"{r['prefill_mfu']:.1%}" if peak else "n/a", f"{r.get('engine_load_s', 0.0):.1f}")))
+        r.update(
+            prefill_flops=flops,
+            llm_layer_params=params,
+            prefill_tok_s=r["prompt_tokens"] / engine_s,
+            decode_tok_s=r["output_tokens"] / engine_s,
+            pairs_s=n / wall if wall > 0 else 0.0,
+            prefill_mfu=flops / (peak * 1e12 * engine_s) if peak else None,
+        )
+        print(
+            " | ".join(
+                str(x)
+                for x in (
+                    r["engine"],
+                    r["settings"],
+                    n,
+                    f"{wall:.1f}",
+                    f"{r['pairs_s']:.2f}",
+                    f"{r['prompt_tokens'] / max(n, 1):.0f}",
+                    f"{r['prefill_tok_s']:.0f}",
+                    f"{r['decode_tok_s']:.0f}",
+                    f"{r['prefill_mfu']:.1%}" if peak else "n/a",
+                    f"{r.get('engine_load_s', 0.0):.1f}",
+                )
+            )
+        )
         if r.get("rejected"):
             notes.append(f"{r['settings']}: rejected {r['rejected']}")
         if not args.model and r["output_tokens"] != n * args.max_new_tokens:
@@ -349,9 +486,21 @@ def gpu_table(args, extra: list[str]) -> int:
     for note in notes:
         print(f"note: {note}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "peak_tflops": peak, "model": model, "image_tokens": image_tokens,
-                                                "num_pairs": args.num_pairs, "max_new_tokens": args.max_new_tokens,
-                                                "notes": notes, "rows": results}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "device": device,
+                    "peak_tflops": peak,
+                    "model": model,
+                    "image_tokens": image_tokens,
+                    "num_pairs": args.num_pairs,
+                    "max_new_tokens": args.max_new_tokens,
+                    "notes": notes,
+                    "rows": results,
+                },
+                indent=2,
+            )
+        )
     # The random model (16 GB for the 8B in bf16) stays only in a --model_dir; the rest stays in a --work.
     if not args.model and not args.model_dir:
         shutil.rmtree(work / "model", ignore_errors=True)
@@ -362,29 +511,77 @@ def gpu_table(args, extra: list[str]) -> int:
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str], argparse.ArgumentParser]:
     """(args, the flags after `--` for adamllm synthesize, the parser)."""
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num_pairs", type=int, default=None, help="Pairs (default: 300 CPU mode, 256 GPU mode, 16 --small).")
-    parser.add_argument("--max_new_tokens", type=int, default=None, help="Default: 64 CPU mode, 256 GPU mode, 16 --small.")
-    parser.add_argument("--batch_size", type=int, default=None, help="Records per engine call (default: 64 CPU mode; GPU mode 256 vllm, 8 hf).")
+    parser.add_argument(
+        "--num_pairs", type=int, default=None, help="Pairs (default: 300 CPU mode, 256 GPU mode, 16 --small)."
+    )
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=None, help="Default: 64 CPU mode, 256 GPU mode, 16 --small."
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="Records per engine call (default: 64 CPU mode; GPU mode 256 vllm, 8 hf).",
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--cpu", action="store_true", help="CPU mode even with CUDA: the tiny models, both engines, synthesis and filter.")
+    mode.add_argument(
+        "--cpu",
+        action="store_true",
+        help="CPU mode even with CUDA: the tiny models, both engines, synthesis and filter.",
+    )
     mode.add_argument("--gpu", action="store_true", help="GPU mode even without CUDA (the default with CUDA).")
-    mode.add_argument("--small", action="store_true", help="GPU mode's path with the tiny models' shapes (runs on a CPU).")
+    mode.add_argument(
+        "--small", action="store_true", help="GPU mode's path with the tiny models' shapes (runs on a CPU)."
+    )
     gpu = parser.add_argument_group("GPU mode")
-    gpu.add_argument("--model", default="", help="A synthesizer folder or hub id to benchmark instead of a random 8B-shaped one.")
-    gpu.add_argument("--layers", type=int, default=None, help="Text layers of the random model (default: 32, the 8B's; 4 with --small).")
-    gpu.add_argument("--model_dir", default="", help="Where to build (and keep, and reuse) the random model; default: a temp folder, removed.")
-    gpu.add_argument("--work", default="", help="Folder for pairs, outputs and each row's log, kept (the random model is not); default: a temp folder, removed.")
-    gpu.add_argument("--image_size", default="", help="WxH of the pictures (default 672x672, an anyres grid size; 112x112 with --small).")
-    gpu.add_argument("--caption_words", type=int, default=None, help="Filler words added to each caption (default 200; 40 with --small).")
-    gpu.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"], help="auto: vllm when installed, else hf (so does vllm).")
+    gpu.add_argument(
+        "--model", default="", help="A synthesizer folder or hub id to benchmark instead of a random 8B-shaped one."
+    )
+    gpu.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="Text layers of the random model (default: 32, the 8B's; 4 with --small).",
+    )
+    gpu.add_argument(
+        "--model_dir",
+        default="",
+        help="Where to build (and keep, and reuse) the random model; default: a temp folder, removed.",
+    )
+    gpu.add_argument(
+        "--work",
+        default="",
+        help="Folder for pairs, outputs and each row's log, kept (the random model is not); default: a temp folder, removed.",
+    )
+    gpu.add_argument(
+        "--image_size",
+        default="",
+        help="WxH of the pictures (default 672x672, an anyres grid size; 112x112 with --small).",
+    )
+    gpu.add_argument(
+        "--caption_words",
+        type=int,
+        default=None,
+        help="Filler words added to each caption (default 200; 40 with --small).",
+    )
+    gpu.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "vllm", "hf"],
+        help="auto: vllm when installed, else hf (so does vllm).",
+    )
     gpu.add_argument("--max_model_len", type=int, default=4096)
-    gpu.add_argument("--peak_tflops", type=float, default=None, help="Dense bf16 peak of the GPU, TFLOP/s (default: from its name).")
+    gpu.add_argument(
+        "--peak_tflops", type=float, default=None, help="Dense bf16 peak of the GPU, TFLOP/s (default: from its name)."
+    )
     for name in PASS_THROUGH:
         gpu.add_argument(f"--{name}", default=None, help=f"Passed to adamllm synthesize as --{name} (vllm rows).")
-    gpu.add_argument("--compare", default="", help="NAME=V1,V2,...: one row per value of a pass-through flag (empty: left out).")
+    gpu.add_argument(
+        "--compare", default="", help="NAME=V1,V2,...: one row per value of a pass-through flag (empty: left out)."
+    )
     gpu.add_argument("--json", default="", help="Also write the rows to this JSON file.")
     return parser.parse_args(argv), extra, parser
 

@@ -25,18 +25,17 @@ def main() -> int:
     if MARK in text:
         print(f"{path} already patched")
         return 0
-    pattern = re.compile(r'^@register_meta\("(nms|qnms)"\)|^@torch\.library\.register_fake\("torchvision::(nms|qnms)"\)', re.M)
+    pattern = re.compile(
+        r'^@register_meta\("(nms|qnms)"\)|^@torch\.library\.register_fake\("torchvision::(nms|qnms)"\)', re.M
+    )
     matches = list(pattern.finditer(text))
     if not matches:
         print(f"{path}: no nms/qnms registration found; torchvision layout changed", file=sys.stderr)
         return 1
     for m in reversed(matches):
         decorator = m.group(0)
-        guarded = (
-            f"{MARK}\n"
-            f"@(lambda f: {decorator[1:]}(f) if torchvision.extension._has_ops() else f)"
-        )
-        text = text[: m.start()] + guarded + text[m.end():]
+        guarded = f"{MARK}\n@(lambda f: {decorator[1:]}(f) if torchvision.extension._has_ops() else f)"
+        text = text[: m.start()] + guarded + text[m.end() :]
     if "import torchvision" not in text:
         text = "import torchvision.extension\n" + text
     path.write_text(text)

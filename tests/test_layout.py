@@ -79,7 +79,7 @@ def test_no_import_cycle():
             if node.startswith(nxt + "."):
                 continue  # a module importing its own package's __init__
             if state.get(nxt) == "open":
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -92,7 +92,13 @@ def test_no_import_cycle():
 
 def test_no_private_name_crosses_a_module():
     crossing = []
-    for path in [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "tests").rglob("*.py"), *(PACKAGE.parent / "bench").rglob("*.py")]:
+    for path in [
+        *PACKAGE.rglob("*.py"),
+        *(PACKAGE.parent / "tests").rglob("*.py"),
+        *(PACKAGE.parent / "bench").rglob("*.py"),
+    ]:
         for module, names, line in imports(path):
-            crossing += [f"{path.relative_to(PACKAGE.parent)}:{line} takes {module}.{n}" for n in names if n.startswith("_")]
+            crossing += [
+                f"{path.relative_to(PACKAGE.parent)}:{line} takes {module}.{n}" for n in names if n.startswith("_")
+            ]
     assert crossing == [], "\n".join(crossing)

@@ -29,7 +29,19 @@ from adamllm.cli import (
 )
 from adamllm.core.run_folder import SHARDS_DIR
 
-COMMANDS = (merge_seed, train, run, synthesize, filter, format, report, export, convert_llava, make_tiny_models, make_seed_fixtures)
+COMMANDS = (
+    merge_seed,
+    train,
+    run,
+    synthesize,
+    filter,
+    format,
+    report,
+    export,
+    convert_llava,
+    make_tiny_models,
+    make_seed_fixtures,
+)
 
 EPILOG = """\
 The pipeline:

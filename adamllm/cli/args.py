@@ -22,7 +22,14 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     # Required flags first: a dataclass's inherited optional fields would otherwise lead its --help.
-    ordered = sorted(dataclasses.fields(cls), key=lambda f: not f.metadata.get("required", f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING))
+    ordered = sorted(
+        dataclasses.fields(cls),
+        key=lambda f: (
+            not f.metadata.get(
+                "required", f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            )
+        ),
+    )
     for f in ordered:
         flags = [f"--{f.name}"]
         if "_" in f.name:
@@ -60,7 +67,9 @@ def dataclass_from_namespace(cls: type[T], namespace: argparse.Namespace, parser
         parser.error(str(e))
 
 
-def add_dataclass_command(sub, name: str, cls: type, run, *, help: str, description: str, epilog: str) -> argparse.ArgumentParser:
+def add_dataclass_command(
+    sub, name: str, cls: type, run, *, help: str, description: str, epilog: str
+) -> argparse.ArgumentParser:
     """A subcommand whose flags are the fields of `cls`; `run` receives the built dataclass."""
     parser = sub.add_parser(
         name, help=help, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -15,12 +15,22 @@ Prints OUT on stdout (and nothing else), so the command can feed BASE_MODEL.
 
 def add_parser(sub) -> None:
     parser = sub.add_parser(
-        "convert-llava", help="convert a LLaVA-repo LLaVA-NeXT checkpoint (e.g. the paper's base model) to the llava-hf layout",
-        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "convert-llava",
+        help="convert a LLaVA-repo LLaVA-NeXT checkpoint (e.g. the paper's base model) to the llava-hf layout",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", help="LLaVA-repo LLaVA-NeXT folder or hub id (config.json with mm_vision_tower, mm_projector_type, ...).")
+    parser.add_argument(
+        "src", help="LLaVA-repo LLaVA-NeXT folder or hub id (config.json with mm_vision_tower, mm_projector_type, ...)."
+    )
     parser.add_argument("out", help="Folder to write the converted checkpoint into.")
-    parser.add_argument("--vision_tower", "--vision-tower", default="", help="CLIP vision model (hub id or folder); default: the one SRC's mm_vision_tower names.")
+    parser.add_argument(
+        "--vision_tower",
+        "--vision-tower",
+        default="",
+        help="CLIP vision model (hub id or folder); default: the one SRC's mm_vision_tower names.",
+    )
     parser.set_defaults(run=run)
 
 

@@ -28,19 +28,41 @@ calls datasets' Dataset.push_to_hub(REPO) once (images embedded in Parquet files
 
 def add_parser(sub) -> None:
     parser = sub.add_parser(
-        "export", help="write a stage-2 run as a datasets dataset with a dataset card (optionally push it to the Hub)",
-        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "export",
+        help="write a stage-2 run as a datasets dataset with a dataset card (optionally push it to the Hub)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("output_dir", help="A finished stage-2 output folder (written by adamllm run / run_synthesis.sh, or synthesize + filter + format).")
-    parser.add_argument("--to", required=True, metavar="DIR", help="The folder to write the dataset to (datasets' save_to_disk); must be new or empty.")
     parser.add_argument(
-        "--image_folder", "--image-folder", default="",
+        "output_dir",
+        help="A finished stage-2 output folder (written by adamllm run / run_synthesis.sh, or synthesize + filter + format).",
+    )
+    parser.add_argument(
+        "--to",
+        required=True,
+        metavar="DIR",
+        help="The folder to write the dataset to (datasets' save_to_disk); must be new or empty.",
+    )
+    parser.add_argument(
+        "--image_folder",
+        "--image-folder",
+        default="",
         help="The image folder (default: the one format ran with, else synthesis, from OUTPUT_DIR/stats.json). Images are read "
         "only from inside it, with the stages' path checks, and each must decode whole.",
     )
-    parser.add_argument("--push_to_hub", "--push-to-hub", default="", metavar="REPO",
-                        help="Also push the dataset and its card to this Hugging Face Hub dataset repo (NAMESPACE/NAME).")
-    parser.add_argument("--private", action="store_true", help="With --push_to_hub: create the repo private (an existing repo keeps its visibility).")
+    parser.add_argument(
+        "--push_to_hub",
+        "--push-to-hub",
+        default="",
+        metavar="REPO",
+        help="Also push the dataset and its card to this Hugging Face Hub dataset repo (NAMESPACE/NAME).",
+    )
+    parser.add_argument(
+        "--private",
+        action="store_true",
+        help="With --push_to_hub: create the repo private (an existing repo keeps its visibility).",
+    )
     parser.set_defaults(run=lambda ns: run(ns, parser))
 
 
@@ -48,11 +70,19 @@ def run(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from adamllm.results.export import ExportArgs, run_export
 
     try:
-        args = ExportArgs(output_dir=ns.output_dir, to=ns.to, image_folder=ns.image_folder, push_to_hub=ns.push_to_hub, private=ns.private)
+        args = ExportArgs(
+            output_dir=ns.output_dir,
+            to=ns.to,
+            image_folder=ns.image_folder,
+            push_to_hub=ns.push_to_hub,
+            private=ns.private,
+        )
         s = run_export(args)
     except ValueError as e:
         parser.error(str(e))
-    print(f"wrote {s.rows} rows ({s.rows_with_synthetic_task} with a synthetic task) to {s.to}; {sum(s.rejected.values())} rejected {s.rejected or ''}".rstrip())
+    print(
+        f"wrote {s.rows} rows ({s.rows_with_synthetic_task} with a synthetic task) to {s.to}; {sum(s.rejected.values())} rejected {s.rejected or ''}".rstrip()
+    )
     if s.pushed_to:
         print(f"pushed to https://huggingface.co/datasets/{s.pushed_to}")
     return 0

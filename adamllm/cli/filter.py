@@ -16,8 +16,13 @@ entry of OUTPUT_DIR/stats.json (verdicts, pass rate, prompt tokens computed vs s
 
 def add_parser(sub) -> None:
     add_dataclass_command(
-        sub, "filter", FilterArgs, run, help="stage 2b: keep triplets whose precise answer follows from the informative one",
-        description=__doc__, epilog=EXAMPLE,
+        sub,
+        "filter",
+        FilterArgs,
+        run,
+        help="stage 2b: keep triplets whose precise answer follows from the informative one",
+        description=__doc__,
+        epilog=EXAMPLE,
     )
 
 
@@ -29,5 +34,7 @@ def run(args: FilterArgs) -> int:
     if stats is None:
         print(f"this shard is done; the last shard to finish writes {FILTERED_FILE}")
     else:
-        print(f"kept {stats['records_out']} of {stats['records_in']} records (verdicts {stats['verdicts']}) in {args.output_dir}/{FILTERED_FILE}")
+        print(
+            f"kept {stats['records_out']} of {stats['records_in']} records (verdicts {stats['verdicts']}) in {args.output_dir}/{FILTERED_FILE}"
+        )
     return 0

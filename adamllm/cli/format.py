@@ -28,7 +28,13 @@ image_caption_and_synthetic_task.json, the format entry of that folder's stats.j
 
 def add_parser(sub) -> None:
     add_dataclass_command(
-        sub, "format", FormatArgs, run, help="stage 2c: write single-stage post-training data (LLaMA-Factory or LLaVA JSON)", description=__doc__, epilog=EXAMPLE
+        sub,
+        "format",
+        FormatArgs,
+        run,
+        help="stage 2c: write single-stage post-training data (LLaMA-Factory or LLaVA JSON)",
+        description=__doc__,
+        epilog=EXAMPLE,
     )
 
 
@@ -42,11 +48,15 @@ def run(args: FormatArgs) -> int:
     )
     c = s.curation
     if "dedup" in c:
-        print(f"--dedup {c['dedup']}: {c['questions_seen']} questions seen, {c['questions_distinct']} distinct, "
-              f"{c['dropped_duplicate']} dropped as duplicates (their caption tasks stay)")
+        print(
+            f"--dedup {c['dedup']}: {c['questions_seen']} questions seen, {c['questions_distinct']} distinct, "
+            f"{c['dropped_duplicate']} dropped as duplicates (their caption tasks stay)"
+        )
     if "min_yes_prob" in c:
-        print(f"--min_yes_prob {c['min_yes_prob']}: {c['yes_prob_checked']} tasks checked, {c['dropped_low_yes_prob']} below it, "
-              f"{c['no_yes_prob']} without usable log-probabilities")
+        print(
+            f"--min_yes_prob {c['min_yes_prob']}: {c['yes_prob_checked']} tasks checked, {c['dropped_low_yes_prob']} below it, "
+            f"{c['no_yes_prob']} without usable log-probabilities"
+        )
     if c.get("file"):
         print(f"tasks removed by curation, with why: {c['file']}")
     return 0

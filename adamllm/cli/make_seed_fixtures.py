@@ -13,7 +13,13 @@ def add_parser(sub) -> None:
     )
     parser.add_argument("out_dir", help="Folder to write into (created).")
     parser.add_argument("--num_images", "--num-images", type=int, default=40, help="Seed images to make (default: 40).")
-    parser.add_argument("--num_pairs", "--num-pairs", type=int, default=0, help="Stage-2 image-caption pairs to make under OUT_DIR/pairs (default: 0).")
+    parser.add_argument(
+        "--num_pairs",
+        "--num-pairs",
+        type=int,
+        default=0,
+        help="Stage-2 image-caption pairs to make under OUT_DIR/pairs (default: 0).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the scenes (default: 0).")
     parser.set_defaults(run=run)
 

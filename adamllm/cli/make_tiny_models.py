@@ -14,7 +14,10 @@ def add_parser(sub) -> None:
     parser.add_argument("out_dir", help="Folder to write the two model folders into.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights (default: 0).")
     parser.add_argument(
-        "--teach_checker_steps", "--teach-checker-steps", type=int, default=0,
+        "--teach_checker_steps",
+        "--teach-checker-steps",
+        type=int,
+        default=0,
         help="Teach the checker to answer Yes / No on procedural triplets for this many steps (default: 0, random).",
     )
     parser.set_defaults(run=run)

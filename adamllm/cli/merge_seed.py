@@ -17,7 +17,13 @@ images seen, joined, dropped by reason, per task) and .rejects.jsonl (every reco
 
 def add_parser(sub) -> None:
     add_dataclass_command(
-        sub, "merge-seed", MergeSeedArgs, run, help="stage 1a: merge Vision-Flan + ALLaVA seed data into training records", description=__doc__, epilog=EXAMPLE
+        sub,
+        "merge-seed",
+        MergeSeedArgs,
+        run,
+        help="stage 1a: merge Vision-Flan + ALLaVA seed data into training records",
+        description=__doc__,
+        epilog=EXAMPLE,
     )
 
 

@@ -15,12 +15,18 @@ def add_parser(sub) -> None:
     )
     parser.add_argument("output_dir", help="A stage-2 output folder (written by adamllm run / run_synthesis.sh).")
     parser.add_argument(
-        "--image_folder", "--image-folder", default="",
+        "--image_folder",
+        "--image-folder",
+        default="",
         help="Image folder; only images inside it are shown (default: the one synthesis ran with, from stats.json, "
         "which must match the one recorded in OUTPUT_DIR/shards).",
     )
     parser.add_argument(
-        "--cards_per_group", "--cards-per-group", type=int, default=CARDS_PER_GROUP, metavar="N",
+        "--cards_per_group",
+        "--cards-per-group",
+        type=int,
+        default=CARDS_PER_GROUP,
+        metavar="N",
         help=f"Record cards per verdict and reason, a seeded sample of each (default: {CARDS_PER_GROUP}); the summary counts every record.",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sample of cards (default: 0).")

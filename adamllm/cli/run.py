@@ -17,8 +17,13 @@ QA-Synthesizer/vllm_inference/run_synthesis.sh wraps this with the paper's posit
 
 def add_parser(sub) -> None:
     add_dataclass_command(
-        sub, "run", RunArgs, run, help="stage 2 end to end: synthesize, filter, format",
-        description=__doc__, epilog=EXAMPLE,
+        sub,
+        "run",
+        RunArgs,
+        run,
+        help="stage 2 end to end: synthesize, filter, format",
+        description=__doc__,
+        epilog=EXAMPLE,
     )
 
 

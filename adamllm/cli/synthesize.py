@@ -18,8 +18,13 @@ Writes OUTPUT_DIR/syn_task_triplets.jsonl (input record + syn_id + pred), its .r
 
 def add_parser(sub) -> None:
     add_dataclass_command(
-        sub, "synthesize", SynthesizeArgs, run, help="stage 2a: synthesize task triplets (vLLM or transformers)",
-        description=__doc__, epilog=EXAMPLE,
+        sub,
+        "synthesize",
+        SynthesizeArgs,
+        run,
+        help="stage 2a: synthesize task triplets (vLLM or transformers)",
+        description=__doc__,
+        epilog=EXAMPLE,
     )
 
 
@@ -31,7 +36,11 @@ def run(args: SynthesizeArgs) -> int:
     if stats is None:
         print(f"this shard is done; the last shard to finish writes {TRIPLETS_FILE}")
     elif args.dry_run:
-        print(f"wrote {stats['records_out']} prompts to {args.output_dir}/{PROMPTS_FILE}; rejected {stats['rejected'] or 'none'}")
+        print(
+            f"wrote {stats['records_out']} prompts to {args.output_dir}/{PROMPTS_FILE}; rejected {stats['rejected'] or 'none'}"
+        )
     else:
-        print(f"synthesized {stats['records_out']} of {stats['records_in']} records into {args.output_dir}/{TRIPLETS_FILE}; rejected {stats['rejected'] or 'none'}")
+        print(
+            f"synthesized {stats['records_out']} of {stats['records_in']} records into {args.output_dir}/{TRIPLETS_FILE}; rejected {stats['rejected'] or 'none'}"
+        )
     return 0

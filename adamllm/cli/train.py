@@ -3,7 +3,9 @@
 
 def add_parser(sub) -> None:
     # Listed for `adamllm --help`; `adamllm train ...` itself is routed to HfArgumentParser by main().
-    sub.add_parser("train", help="stage 1b: fine-tune the synthesizer (DeepSpeed; every TrainingArguments flag)", add_help=False)
+    sub.add_parser(
+        "train", help="stage 1b: fine-tune the synthesizer (DeepSpeed; every TrainingArguments flag)", add_help=False
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -188,8 +188,10 @@ def hold_lock(path: str | os.PathLike, what: str, shared: bool = False, wait: bo
         except BlockingIOError:
             holder = _lock_holder(fd)
             os.close(fd)
-            raise RuntimeError(f"{what} is locked by another run: {holder}. Wait for that run to end, or stop it "
-                               "(a run that died holds no lock); to run both at once, give this one another output folder") from None
+            raise RuntimeError(
+                f"{what} is locked by another run: {holder}. Wait for that run to end, or stop it "
+                "(a run that died holds no lock); to run both at once, give this one another output folder"
+            ) from None
         except BaseException:
             os.close(fd)
             raise
@@ -203,8 +205,12 @@ def hold_lock(path: str | os.PathLike, what: str, shared: bool = False, wait: bo
             break
         os.close(fd)
     try:
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": shlex.join(sys.orig_argv)[:500],
-                  "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": shlex.join(sys.orig_argv)[:500],
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
         if not shared:
             os.ftruncate(fd, 0)
         os.write(fd, (json.dumps(holder) + "\n").encode())

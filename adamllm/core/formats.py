@@ -72,7 +72,9 @@ def read_dataset_info(path: Path) -> dict:
     if not path.exists():
         return {}
     return read_json_file(
-        path, dict, "a JSON object of LLaMA-Factory dataset entries",
+        path,
+        dict,
+        "a JSON object of LLaMA-Factory dataset entries",
         "repair it, or move it away and rerun: `adamllm format` writes a new one holding this dataset's entry",
     )
 

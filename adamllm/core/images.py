@@ -45,21 +45,26 @@ def resolve_image_path(image_folder: str | os.PathLike, relative: str) -> Path:
     if not relative or "\x00" in relative:
         raise RecordError("unsafe_image_path", f"image path {relative!r} is empty or holds a NUL byte")
     if os.path.isabs(relative) or relative.startswith("~"):
-        raise RecordError("unsafe_image_path", f"image path {relative!r} is absolute; give it relative to the image folder")
+        raise RecordError(
+            "unsafe_image_path", f"image path {relative!r} is absolute; give it relative to the image folder"
+        )
     if ".." in Path(relative).parts:
         raise RecordError("unsafe_image_path", f"image path {relative!r} climbs out of the image folder with '..'")
     try:
         folder = Path(image_folder).resolve()
         target = (folder / relative).resolve()
         if not target.is_relative_to(folder):
-            raise RecordError("unsafe_image_path", f"image path {relative!r} is a symlink that leads out of the image folder")
+            raise RecordError(
+                "unsafe_image_path", f"image path {relative!r} is a symlink that leads out of the image folder"
+            )
         if not target.is_file():
             raise RecordError("image_missing", f"no image file {relative!r} in {image_folder}")
         # Path() drops a trailing "/" or "/.", the OS does not: later stages hand the path on as written
         # (format's llava `image`, export's `image_path`), where open() would refuse it.
         if not os.path.isfile(os.path.join(folder, relative)):
             raise RecordError(
-                "unsafe_image_path", f"image path {relative!r} ends as a folder would ('/' or '/.'); write the file's path, e.g. {str(Path(relative))!r}"
+                "unsafe_image_path",
+                f"image path {relative!r} ends as a folder would ('/' or '/.'); write the file's path, e.g. {str(Path(relative))!r}",
             )
     except (OSError, RuntimeError) as e:  # a name too long; a symlink loop (RuntimeError before Python 3.13)
         detail = getattr(e, "strerror", None) or "a symlink loop"

@@ -81,7 +81,12 @@ def not_utf8(path: str | os.PathLike) -> str:
     offset (and line) of its first byte that is not UTF-8, and the fix."""
     with open(path, "rb") as fh:
         head = fh.read(4)
-    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+    for bom, name in (
+        (codecs.BOM_UTF32_LE, "UTF-32"),
+        (codecs.BOM_UTF32_BE, "UTF-32"),
+        (codecs.BOM_UTF16_LE, "UTF-16"),
+        (codecs.BOM_UTF16_BE, "UTF-16"),
+    ):
         if head.startswith(bom):
             return f"{path} is {name} text (it starts with a {name} byte-order mark); save it as UTF-8"
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -109,7 +114,15 @@ def not_utf8(path: str | os.PathLike) -> str:
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    names = {
+        dict: "object",
+        list: "list",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 

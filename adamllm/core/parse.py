@@ -59,10 +59,10 @@ def collect_triplet(pairs: list[tuple[str, str]]) -> Triplet | None:
     precise_prefix, informative_prefix = PRECISE_HINT + "\n", INFORMATIVE_HINT + "\n"
     for question, answer in pairs:
         if question.startswith(precise_prefix):
-            text = question[len(precise_prefix):]
+            text = question[len(precise_prefix) :]
             precise[text] = answer
         elif question.startswith(informative_prefix):
-            text = question[len(informative_prefix):]
+            text = question[len(informative_prefix) :]
             informative[text] = answer
         else:
             continue

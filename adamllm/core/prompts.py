@@ -152,12 +152,12 @@ def strip_in_one_scan(text: str, image_tokens: tuple[str, ...]) -> tuple[str, in
             while i >= 0 and n - 3 - i < 64 and kept[i] in _NAME_CHARS:
                 i -= 1
             if i >= 1 and i < n - 3 and kept[i] == "|" and kept[i - 1] == "<":
-                del kept[i - 1:]
+                del kept[i - 1 :]
                 count += 1
                 continue
         for token in image_tokens:
-            if n >= len(token) and kept[-1] == token[-1] and "".join(kept[n - len(token):]) == token:
-                del kept[n - len(token):]
+            if n >= len(token) and kept[-1] == token[-1] and "".join(kept[n - len(token) :]) == token:
+                del kept[n - len(token) :]
                 count += 1
                 break
     return "".join(kept), count
@@ -174,7 +174,9 @@ FILTER_PLACEHOLDERS = ("{Q}", "{informative_A}", "{precise_A}")
 VERDICTS = ("yes", "no", "open")
 
 # The query part is EXACT (spec); the instruction and examples are ours.
-FILTER_QUERY = "## Question: {Q}\n## Informative Answer: {informative_A}\n## Precise Answer: {precise_A}\n## Consistent:"
+FILTER_QUERY = (
+    "## Question: {Q}\n## Informative Answer: {informative_A}\n## Precise Answer: {precise_A}\n## Consistent:"
+)
 
 FILTER_INSTRUCTION = """\
 You check question-answer pairs written about images. Each question comes with two answers: an \
@@ -306,14 +308,24 @@ QA_TEMPLATES = (
 COT_TEMPLATES = (
     TaskTemplate("{question}", "{reasoning}\nSo the answer is: {answer}"),
     TaskTemplate("{question}\nThink step by step, then give the final answer.", "{reasoning}\nFinal answer: {answer}"),
-    TaskTemplate("{question}\nReason about the image first, then answer.", "{reasoning}\nTherefore, the answer is {answer}"),
-    TaskTemplate("Question: {question}\nShow your reasoning before answering.", "Reasoning: {reasoning}\nAnswer: {answer}"),
+    TaskTemplate(
+        "{question}\nReason about the image first, then answer.", "{reasoning}\nTherefore, the answer is {answer}"
+    ),
+    TaskTemplate(
+        "Question: {question}\nShow your reasoning before answering.", "Reasoning: {reasoning}\nAnswer: {answer}"
+    ),
     TaskTemplate("{question}\nExplain your reasoning and end with a short answer.", "{reasoning}\nIn short: {answer}"),
-    TaskTemplate("Look at the image. {question}\nWork it out before you answer.", "{reasoning}\nThus the answer is {answer}"),
+    TaskTemplate(
+        "Look at the image. {question}\nWork it out before you answer.", "{reasoning}\nThus the answer is {answer}"
+    ),
     TaskTemplate("{question}\nDescribe the relevant evidence, then conclude.", "{reasoning}\nConclusion: {answer}"),
     TaskTemplate("Answer the question with a rationale. {question}", "Rationale: {reasoning}\nAnswer: {answer}"),
-    TaskTemplate("{question}\nFirst analyse, then answer concisely.", "Analysis: {reasoning}\nConcise answer: {answer}"),
-    TaskTemplate("Based on the image, {question}\nLet's think it through.", "{reasoning}\nThe final answer is {answer}"),
+    TaskTemplate(
+        "{question}\nFirst analyse, then answer concisely.", "Analysis: {reasoning}\nConcise answer: {answer}"
+    ),
+    TaskTemplate(
+        "Based on the image, {question}\nLet's think it through.", "{reasoning}\nThe final answer is {answer}"
+    ),
     TaskTemplate("{question}\nGive the reasoning, then the result.", "{reasoning}\nResult: {answer}"),
     TaskTemplate("Question about the image: {question}\nExplain, then answer.", "{reasoning}\nHence: {answer}"),
 )

@@ -26,6 +26,7 @@ ERROR = "error"  # {"reason", "detail"} of a record a stage could not use
 MAX_SYN_ID = 2**63 - 1
 IMAGE_STAT = "image_stat"  # {"size", "mtime_ns"} of the image file a synthesized record was made from
 
+
 class RecordError(ValueError):
     """A record that cannot be used: `reason` is a short code counted in summaries."""
 
@@ -36,7 +37,7 @@ class RecordError(ValueError):
 
 
 def syn_id_problem(value: Any) -> str:
-    """"" when `value` is a usable syn_id (an integer in 0..2**63 - 1), else what is wrong with it.
+    """ "" when `value` is a usable syn_id (an integer in 0..2**63 - 1), else what is wrong with it.
     JSON gives bools, floats (`3.0`) and integers of any size; none of those may pass as a number."""
     if isinstance(value, bool) or not isinstance(value, int):
         return f"syn_id {value!r} is {'a ' + type(value).__name__ if value is not None else 'missing'}, not an integer record number"
@@ -106,10 +107,15 @@ def check_json_values(record: Any) -> None:
     try:
         json.dumps(record, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise RecordError("invalid_unicode", f"{_bad_field(record, 'the record', _lone_surrogate)} holds a lone surrogate (invalid Unicode); fix its escapes in the input file") from None
+        raise RecordError(
+            "invalid_unicode",
+            f"{_bad_field(record, 'the record', _lone_surrogate)} holds a lone surrogate (invalid Unicode); fix its escapes in the input file",
+        ) from None
     except ValueError:
         where = _bad_field(record, "the record", _not_finite)
-        raise RecordError("non_finite_number", f"{where} holds NaN or Infinity, which strict JSON cannot hold; write a number or null") from None
+        raise RecordError(
+            "non_finite_number", f"{where} holds NaN or Infinity, which strict JSON cannot hold; write a number or null"
+        ) from None
 
 
 def _lone_surrogate(value: Any) -> bool:

@@ -24,7 +24,9 @@ def read_stats(path: str | Path) -> dict:
     """stats.json as {stage: entry}; damage (not JSON, or not an object of stages) is a ValueError
     naming the file and the fix."""
     return read_json_file(
-        path, dict, "a JSON object of stages",
+        path,
+        dict,
+        "a JSON object of stages",
         "repair it, or move it away and rerun each stage's command (a finished stage resumes at once and writes its entry again)",
     )
 
@@ -67,21 +69,28 @@ def _recorded(stats: dict, stage: str) -> dict | None:
 
 
 def chain_problem(out_dir: Path, stats: dict, observed: dict[str, str], upto: str = "") -> str:
-    """"" when the run folder's stages chain, else which files are stale and the fix.
+    """ "" when the run folder's stages chain, else which files are stale and the fix.
 
     Each stage (before `upto`, or all) must have read what the stage before it last wrote, and each
     file in `observed` ({file name: its sha256 now}) must be what its stage wrote.
     """
     before = None
-    for i, (stage, name) in enumerate(CHAIN[:STAGES.index(upto) if upto else None]):
+    for i, (stage, name) in enumerate(CHAIN[: STAGES.index(upto) if upto else None]):
         record = _recorded(stats, stage)
         if record is None:
             before = None
             continue
         if before is not None and record["input"] != before["output"]:
-            return _stale(out_dir, i, upto, f"`adamllm {stage}` read another {CHAIN[i - 1][1]} than the one `adamllm {STAGES[i - 1]}` last wrote")
+            return _stale(
+                out_dir,
+                i,
+                upto,
+                f"`adamllm {stage}` read another {CHAIN[i - 1][1]} than the one `adamllm {STAGES[i - 1]}` last wrote",
+            )
         if name in observed and observed[name] != record["output"]:
-            return _stale(out_dir, i, upto, f"{name} is not the file `adamllm {stage}` wrote (it was edited or replaced since)")
+            return _stale(
+                out_dir, i, upto, f"{name} is not the file `adamllm {stage}` wrote (it was edited or replaced since)"
+            )
         before = record
     return ""
 
@@ -90,7 +99,7 @@ def _stale(out_dir: Path, first: int, upto: str, why: str) -> str:
     """The message for a folder whose files from stage `first` on (up to `upto`) are stale."""
     last = STAGES.index(upto) if upto else len(STAGES)
     stale = [str(out_dir / name) for _, name in CHAIN[first:last] if (out_dir / name).exists()]
-    todo = [f"`adamllm {stage}{' --overwrite' if stage != 'format' else ''}`" for stage in STAGES[first:last + 1]]
+    todo = [f"`adamllm {stage}{' --overwrite' if stage != 'format' else ''}`" for stage in STAGES[first : last + 1]]
     return (
         f"{out_dir} does not hold one run: {why}, so {', '.join(stale) or 'its later files'} {'is' if len(stale) == 1 else 'are'} stale "
         f"({STATS_FILE} records what each stage read and wrote). Rerun {', then '.join(todo)} into {out_dir}, "
@@ -143,7 +152,11 @@ def run_image_folder(out_dir: Path, stats: dict, given: str = "") -> tuple[Path 
     resolved = trusted_image_folder(folder, source)
     recorded = None if given else _recorded_image_folder(out_dir)
     if recorded and Path(recorded[1]).resolve() != resolved:
-        relative = "" if Path(folder).is_absolute() else f" (here: {resolved}, a relative folder being read from the current directory)"
+        relative = (
+            ""
+            if Path(folder).is_absolute()
+            else f" (here: {resolved}, a relative folder being read from the current directory)"
+        )
         raise ValueError(
             f"{out_dir / STATS_FILE} says the images are in {folder}{relative}, but {recorded[0]} records that synthesis "
             f"read them from {recorded[1]}; pass the run's image folder with --image_folder"
@@ -160,4 +173,3 @@ def _recorded_image_folder(out_dir: Path) -> tuple[Path, str] | None:
     fingerprint = read_json_file(path)
     folder = fingerprint.get("image_folder") if isinstance(fingerprint, dict) else None
     return (path, folder) if isinstance(folder, str) and folder else None
-

@@ -73,7 +73,9 @@ class VllmEngine:
             logprobs=params.top_k_logprobs if params.candidates else None,
         )
         inputs = [
-            {"prompt": r.prompt, "multi_modal_data": {"image": r.image}} if r.image is not None else {"prompt": r.prompt}
+            {"prompt": r.prompt, "multi_modal_data": {"image": r.image}}
+            if r.image is not None
+            else {"prompt": r.prompt}
             for r in requests
         ]
         per_request = [sampling if r.max_tokens is None else sampling.clone() for r in requests]

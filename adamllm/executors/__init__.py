@@ -25,12 +25,38 @@ class ExecutorArgs:
     """Where and how a model stage runs: the flags every sharded stage takes."""
 
     num_shards: int = field(default=1, metadata={"help": "Split the records into K shards (record i in shard i % K)."})
-    shard_index: int = field(default=-1, metadata={"help": "Run only shard I (a worker, or a cluster job); -1: one worker per GPU in CUDA_VISIBLE_DEVICES, else every shard here."})
-    shard_timeout_s: float = field(default=0.0, metadata={"help": "End worker processes still running after this many seconds (0: no limit)."})
-    overwrite: bool = field(default=False, metadata={"help": "When OUTPUT_DIR/shards holds this stage's results for another input or other settings, delete them and start the stage over; a shard file that cannot be resumed as it stands (a line written twice, a torn line, a record of another input) is redone. Sound results for the same input and settings are always resumed."})
-    executor: str = field(default="local", metadata={"help": "local: this machine (one worker per GPU in CUDA_VISIBLE_DEVICES); ray: Ray actors on a Ray cluster, or on a local Ray instance.", "choices": list(EXECUTORS)})
-    ray_address: str = field(default="", metadata={"help": "Ray: the cluster to join (auto, host:6379, ray://host:10001); empty: start a local Ray instance with this machine's CPUs and GPUs."})
-    num_workers: int = field(default=0, metadata={"help": "Ray: actors (engine copies) to run; 0: one per GPU of the cluster, or 1 without GPUs."})
+    shard_index: int = field(
+        default=-1,
+        metadata={
+            "help": "Run only shard I (a worker, or a cluster job); -1: one worker per GPU in CUDA_VISIBLE_DEVICES, else every shard here."
+        },
+    )
+    shard_timeout_s: float = field(
+        default=0.0, metadata={"help": "End worker processes still running after this many seconds (0: no limit)."}
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "When OUTPUT_DIR/shards holds this stage's results for another input or other settings, delete them and start the stage over; a shard file that cannot be resumed as it stands (a line written twice, a torn line, a record of another input) is redone. Sound results for the same input and settings are always resumed."
+        },
+    )
+    executor: str = field(
+        default="local",
+        metadata={
+            "help": "local: this machine (one worker per GPU in CUDA_VISIBLE_DEVICES); ray: Ray actors on a Ray cluster, or on a local Ray instance.",
+            "choices": list(EXECUTORS),
+        },
+    )
+    ray_address: str = field(
+        default="",
+        metadata={
+            "help": "Ray: the cluster to join (auto, host:6379, ray://host:10001); empty: start a local Ray instance with this machine's CPUs and GPUs."
+        },
+    )
+    num_workers: int = field(
+        default=0,
+        metadata={"help": "Ray: actors (engine copies) to run; 0: one per GPU of the cluster, or 1 without GPUs."},
+    )
 
 
 def check_executor_args(args: ExecutorArgs) -> list[str]:
@@ -43,7 +69,9 @@ def check_executor_args(args: ExecutorArgs) -> list[str]:
     if args.executor not in EXECUTORS:
         errors.append(f"--executor {args.executor}: choose one of {', '.join(EXECUTORS)}")
     if args.executor == "ray" and (args.num_shards != 1 or args.shard_index >= 0):
-        errors.append("--executor ray spreads the records over its actors itself: leave out --num_shards and --shard_index")
+        errors.append(
+            "--executor ray spreads the records over its actors itself: leave out --num_shards and --shard_index"
+        )
     if args.executor != "ray" and (args.ray_address or args.num_workers):
         errors.append("--ray_address and --num_workers go with --executor ray")
     if args.num_workers < 0:
@@ -96,10 +124,16 @@ def run_stage(stage) -> dict | None:
             else:
                 run_shards(stage, shards)
         # Two last cluster shards finishing together merge one after the other.
-        with hold_lock(run_folder.merge_lock_path(out_dir, stage.output_file), f"{out_dir / stage.output_file}", wait=True):
-            stats = merge_shards(out_dir, stage.output_file, count, out_dir / stage.output_file, input_ids(), stage.name)
+        with hold_lock(
+            run_folder.merge_lock_path(out_dir, stage.output_file), f"{out_dir / stage.output_file}", wait=True
+        ):
+            stats = merge_shards(
+                out_dir, stage.output_file, count, out_dir / stage.output_file, input_ids(), stage.name
+            )
     if stats is None and devices:
-        raise RuntimeError(f"{stage.name}: the workers exited but some shard of {run_folder.shards_dir(out_dir)} has no .done marker")
+        raise RuntimeError(
+            f"{stage.name}: the workers exited but some shard of {run_folder.shards_dir(out_dir)} has no .done marker"
+        )
     return stats
 
 

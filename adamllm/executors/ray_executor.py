@@ -89,7 +89,10 @@ def run_ray(stage: Stage) -> None:
         _connect(args.ray_address)
         dataset = _dataset(stage, todo, run.done)
         start = time.monotonic()
-        with run.writing(), tqdm(total=total, initial=len(run.done), desc=f"{stage.name} (ray)", unit="rec", dynamic_ncols=True) as bar:
+        with (
+            run.writing(),
+            tqdm(total=total, initial=len(run.done), desc=f"{stage.name} (ray)", unit="rec", dynamic_ncols=True) as bar,
+        ):
             for block in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
                 for row in block["stats"]:
                     if row:
@@ -122,7 +125,12 @@ def _connect(address: str) -> None:
             ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
         else:
             # "local": a new instance even when another Ray runs on this machine (ray.init() would join it).
-            ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(
+                address="local",
+                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+            )
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # results in syn_id order: the shard file stays sorted
     context.enable_progress_bars = False  # the driver shows one bar, with counts

@@ -49,7 +49,9 @@ def stage_fingerprint(args, **extra) -> dict:
     return input_fingerprint(args.data_path, **settings, **extra)
 
 
-def check_shards(out_dir: Path, stage_file: str, shards: list[Shard], input_ids: Iterable[int], overwrite: bool = False) -> None:
+def check_shards(
+    out_dir: Path, stage_file: str, shards: list[Shard], input_ids: Iterable[int], overwrite: bool = False
+) -> None:
     """Refuse shard files that a run cannot resume as they stand, naming the file, the syn_id and the
     line: a line that is no record, a syn_id twice or out of order, a record of another shard or of
     no input record. With `overwrite` such a shard is started over instead.
@@ -79,7 +81,9 @@ def check_shards(out_dir: Path, stage_file: str, shards: list[Shard], input_ids:
     for index, ids in held.items():
         if ids:
             path = Shard(index, count).path(out_dir, stage_file)
-            _refuse_or_restart(path, f"{path}: syn_id {min(ids)} is not in the stage's input (a record of another input)", overwrite)
+            _refuse_or_restart(
+                path, f"{path}: syn_id {min(ids)} is not in the stage's input (a record of another input)", overwrite
+            )
 
 
 def _refuse_or_restart(path: Path, problem: str, overwrite: bool) -> None:
@@ -150,7 +154,9 @@ def drop_changed(stage, path: Path) -> int:
     if changed is None or not path.exists():
         return 0
     with open(path, "rb") as fh:
-        stale = {r[SYN_ID] for r in (json.loads(line) for line in fh if line.endswith(b"\n") and line.strip()) if changed(r)}
+        stale = {
+            r[SYN_ID] for r in (json.loads(line) for line in fh if line.endswith(b"\n") and line.strip()) if changed(r)
+        }
     if stale:
         log.info("%s: redoing %d finished records whose image changed since they were made", path, len(stale))
         with open(path, "rb") as fh, atomic_write(path) as out:

@@ -214,8 +214,14 @@ def batches(records: Iterator[tuple[int, dict]], size: int) -> Iterator[list[tup
         yield batch
 
 
-def merge_shards(out_dir: Path, stage_file: str, count: int, output: Path, input_ids: Iterable[int] | None = None,
-                 stage: str = "stage") -> dict | None:
+def merge_shards(
+    out_dir: Path,
+    stage_file: str,
+    count: int,
+    output: Path,
+    input_ids: Iterable[int] | None = None,
+    stage: str = "stage",
+) -> dict | None:
     """Merge the K shard files into `output` once every shard is done; return their summed stats.
 
     Returns None (and merges nothing) while a shard is still missing. Raises RuntimeError, writing
@@ -237,7 +243,9 @@ def merge_shards(out_dir: Path, stage_file: str, count: int, output: Path, input
             if syn_id <= last[0]:
                 if path == last[1]:
                     raise RuntimeError(f"{_repeat(path, syn_id, number, last[0])}; {RESTART}")
-                raise RuntimeError(f"syn_id {syn_id} is in two shards, {last[1]} (line {last[2]}) and {path} (line {number}); {RESTART}")
+                raise RuntimeError(
+                    f"syn_id {syn_id} is in two shards, {last[1]} (line {last[2]}) and {path} (line {number}); {RESTART}"
+                )
             last = (syn_id, path, number)
             out.write(json_line(record) + "\n")
             seen += 1
@@ -254,7 +262,9 @@ def merge_shards(out_dir: Path, stage_file: str, count: int, output: Path, input
                 f"was written; {RESTART}"
             )
         if seen != expected:
-            raise RuntimeError(f"{output}: the shards hold {seen} records but reported {expected}; rerun the stage to repair")
+            raise RuntimeError(
+                f"{output}: the shards hold {seen} records but reported {expected}; rerun the stage to repair"
+            )
     return sum_stats(stats)
 
 

@@ -92,11 +92,15 @@ class Loaded:
 def load(stage: Stage) -> Loaded:
     engine, params = stage.load()
     threads = getattr(stage.args, "decode_threads", 0)
-    decoder = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads and hasattr(stage, "image_path") else None
+    decoder = (
+        ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads and hasattr(stage, "image_path") else None
+    )
     return Loaded(stage, engine, params, getattr(stage.args, "max_batch_pixels", 0), decoder)
 
 
-def run_batch(loaded: Loaded, batch: list[tuple[int, Any]], stats: dict, upcoming: list[tuple[int, Any]] | None = None) -> list[dict]:
+def run_batch(
+    loaded: Loaded, batch: list[tuple[int, Any]], stats: dict, upcoming: list[tuple[int, Any]] | None = None
+) -> list[dict]:
     """Output records for a batch of (syn_id, record), in the batch's order; costs added to `stats`.
 
     Images are decoded only for their part of the batch: a batch whose images hold more than
@@ -137,14 +141,21 @@ def run_batch(loaded: Loaded, batch: list[tuple[int, Any]], stats: dict, upcomin
         for (syn_id, record, request), gen in zip(ready, generations):
             request.image = None  # the part's pixels go as soon as the engine is done with them
             out[syn_id] = stage.finish(syn_id, record, gen)
-            add(stats, prompt_tokens=gen.prompt_tokens, cached_prompt_tokens=gen.cached_tokens, output_tokens=len(gen.token_ids))
+            add(
+                stats,
+                prompt_tokens=gen.prompt_tokens,
+                cached_prompt_tokens=gen.cached_tokens,
+                output_tokens=len(gen.token_ids),
+            )
     for future in ahead.values():
         future.cancel()  # images of records that were rejected before the engine
     stage.add_costs(stats)
     return [out[syn_id] for syn_id, _ in batch]
 
 
-def run_batch_isolating(loaded: Loaded, batch: list[tuple[int, Any]], stats: dict, upcoming: list[tuple[int, Any]] | None = None) -> list[dict]:
+def run_batch_isolating(
+    loaded: Loaded, batch: list[tuple[int, Any]], stats: dict, upcoming: list[tuple[int, Any]] | None = None
+) -> list[dict]:
     """`run_batch`, but an unexpected error in one record rejects that record (`stage_error`) instead
     of losing the batch: the batch is redone record by record to find it. When every record fails
     alone too, the fault is the worker's (the engine, the machine), not the data: it is raised."""

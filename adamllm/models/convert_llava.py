@@ -42,9 +42,16 @@ SELECT_FEATURE = {"patch": "default", "cls_patch": "full"}
 
 @dataclass
 class ConvertArgs:
-    src: str = field(metadata={"help": "LLaVA-repo LLaVA-NeXT folder or hub id, e.g. Lin-Chen/open-llava-next-llama3-8b."})
+    src: str = field(
+        metadata={"help": "LLaVA-repo LLaVA-NeXT folder or hub id, e.g. Lin-Chen/open-llava-next-llama3-8b."}
+    )
     out: str = field(metadata={"help": "Folder to write the llava-hf checkpoint into (must not hold one already)."})
-    vision_tower: str = field(default="", metadata={"help": "CLIP vision model (hub id or folder) for the tower's config, image processing and, when SRC lacks them, weights; default: the one SRC's mm_vision_tower names."})
+    vision_tower: str = field(
+        default="",
+        metadata={
+            "help": "CLIP vision model (hub id or folder) for the tower's config, image processing and, when SRC lacks them, weights; default: the one SRC's mm_vision_tower names."
+        },
+    )
 
 
 def convert(args: ConvertArgs) -> Path:
@@ -67,7 +74,9 @@ def convert(args: ConvertArgs) -> Path:
     clip_processor = CLIPImageProcessor.from_pretrained(tower)
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     if IMAGE_TOKEN not in tokenizer.get_vocab():
-        raise ValueError(f"{args.src}: the tokenizer has no {IMAGE_TOKEN} to serve as the image token (not a Llama-3 tokenizer?)")
+        raise ValueError(
+            f"{args.src}: the tokenizer has no {IMAGE_TOKEN} to serve as the image token (not a Llama-3 tokenizer?)"
+        )
 
     hf_config = llava_next_config(config, vision, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     weights = convert_weights(src, tower, hf_config)
@@ -76,23 +85,39 @@ def convert(args: ConvertArgs) -> Path:
     hf_config.save_pretrained(out)
     processor(clip_processor, tokenizer, hf_config).save_pretrained(out)
     if (src / "generation_config.json").exists():
-        (out / "generation_config.json").write_text((src / "generation_config.json").read_text(encoding="utf-8"), encoding="utf-8")
-    write_json(out / "conversion.json", {"src": args.src, "vision_tower": tower, "image_token": IMAGE_TOKEN, "tensors": len(weights)})
+        (out / "generation_config.json").write_text(
+            (src / "generation_config.json").read_text(encoding="utf-8"), encoding="utf-8"
+        )
+    write_json(
+        out / "conversion.json",
+        {"src": args.src, "vision_tower": tower, "image_token": IMAGE_TOKEN, "tensors": len(weights)},
+    )
     log.info("converted %s (%d tensors) into %s", args.src, len(weights), out)
     return out
 
 
 def check_config(config: dict, name: str) -> None:
     """Raise ValueError naming every field of a LLaVA-repo config we cannot convert."""
-    required = ("mm_vision_tower", "mm_projector_type", "image_aspect_ratio", "image_grid_pinpoints",
-                "mm_patch_merge_type", "mm_vision_select_layer", "mm_vision_select_feature")
+    required = (
+        "mm_vision_tower",
+        "mm_projector_type",
+        "image_aspect_ratio",
+        "image_grid_pinpoints",
+        "mm_patch_merge_type",
+        "mm_vision_select_layer",
+        "mm_vision_select_feature",
+    )
     errors = [f"{f} is missing" for f in required if f not in config]
     if config.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
-        errors.append(f"mm_projector_type {config['mm_projector_type']!r}: only mlp2x_gelu (LLaVA-NeXT's projector) converts")
+        errors.append(
+            f"mm_projector_type {config['mm_projector_type']!r}: only mlp2x_gelu (LLaVA-NeXT's projector) converts"
+        )
     if config.get("image_aspect_ratio", "anyres") != "anyres":
         errors.append(f"image_aspect_ratio {config['image_aspect_ratio']!r}: LLaVA-NeXT's anyres is needed")
     if config.get("mm_patch_merge_type", "spatial_unpad") != "spatial_unpad":
-        errors.append(f"mm_patch_merge_type {config['mm_patch_merge_type']!r}: only spatial_unpad (what LlavaNext does) converts")
+        errors.append(
+            f"mm_patch_merge_type {config['mm_patch_merge_type']!r}: only spatial_unpad (what LlavaNext does) converts"
+        )
     if config.get("mm_vision_select_feature", "patch") not in SELECT_FEATURE:
         errors.append(f"mm_vision_select_feature {config['mm_vision_select_feature']!r}: patch or cls_patch")
     if config.get("mm_use_im_start_end"):
@@ -172,15 +197,22 @@ def convert_weights(src: Path, tower: str, hf_config) -> dict:
         else:
             converted[new] = tensor
     if unplaced:
-        raise ValueError(f"{src}: {len(unplaced)} weight(s) have no place in LlavaNext: {', '.join(sorted(unplaced)[:20])}")
+        raise ValueError(
+            f"{src}: {len(unplaced)} weight(s) have no place in LlavaNext: {', '.join(sorted(unplaced)[:20])}"
+        )
     if not any(k.startswith("vision_tower.") for k in converted):
         converted.update(_clip_tower_weights(tower))
     expected = _expected_keys(hf_config)
     missing = sorted(expected - set(converted))
     extra = sorted(set(converted) - expected)
     if missing or extra:
-        parts = [f"missing {', '.join(missing[:20])}" if missing else "", f"unexpected {', '.join(extra[:20])}" if extra else ""]
-        raise ValueError(f"{src}: the weights do not match a LlavaNext of this config: " + "; ".join(p for p in parts if p))
+        parts = [
+            f"missing {', '.join(missing[:20])}" if missing else "",
+            f"unexpected {', '.join(extra[:20])}" if extra else "",
+        ]
+        raise ValueError(
+            f"{src}: the weights do not match a LlavaNext of this config: " + "; ".join(p for p in parts if p)
+        )
     return converted
 
 
@@ -188,7 +220,7 @@ def rename(key: str) -> str | None:
     """A LLaVA-repo weight's llava-hf name; None when it has none."""
     for old, new in KEY_MAP:
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     return None
 
 
@@ -205,7 +237,7 @@ def _expected_keys(hf_config) -> set[str]:
     for key in model.state_dict():
         key = key.removeprefix("model.")
         if key.startswith("language_model."):
-            key = "language_model.model." + key[len("language_model."):]
+            key = "language_model.model." + key[len("language_model.") :]
         elif key == "lm_head.weight":
             key = "language_model.lm_head.weight"
         names.add(hub_key(key))
@@ -255,7 +287,9 @@ def _damaged(path: Path, error: Exception) -> str:
 def _save_weights(weights: dict, out: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in weights.items()}, str(out / "model.safetensors"), metadata={"format": "pt"}
+    )
 
 
 def _local_folder(name: str) -> Path:

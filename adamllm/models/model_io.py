@@ -47,7 +47,9 @@ def model_config(name_or_path: str) -> dict:
     try:
         config = hf_hub_download(name_or_path, "config.json")
     except GatedRepoError:
-        raise ValueError(f"hub id {name_or_path} is gated: accept its licence on its hub page, then `hf auth login`") from None
+        raise ValueError(
+            f"hub id {name_or_path} is gated: accept its licence on its hub page, then `hf auth login`"
+        ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError):
         raise ValueError(f"no folder {name_or_path} and no hub id {name_or_path}") from None
     except LocalEntryNotFoundError:  # before its base class EntryNotFoundError
@@ -62,18 +64,28 @@ def model_config(name_or_path: str) -> dict:
 
 def read_config(path: Path) -> dict:
     """A model's config.json; damage is a ValueError naming the file (not a decoder's bare words)."""
-    return read_json_file(path, dict, "a JSON object of model settings", "it is damaged: save or download the model again")
+    return read_json_file(
+        path, dict, "a JSON object of model settings", "it is damaged: save or download the model again"
+    )
 
 
 def check_model(name_or_path: str, role: str, flag: str) -> str:
-    """"" when `name_or_path` can serve as `role` ("synthesizer" or "checker"), else why not, naming `flag`."""
+    """ "" when `name_or_path` can serve as `role` ("synthesizer" or "checker"), else why not, naming `flag`."""
     try:
         model_type = model_config(name_or_path).get("model_type", "")
     except ValueError as e:
         return f"{flag} {name_or_path}: {e}"
     if role == "synthesizer" and model_type not in SYNTHESIZER_TYPES:
-        hint = " (a LLaVA-repo checkpoint: convert it first with `adamllm convert-llava`)" if model_type == "llava_llama" else ""
-        text = " It looks like a text LLM: did you swap the synthesizer and the checker?" if model_type not in MULTIMODAL_TYPES else ""
+        hint = (
+            " (a LLaVA-repo checkpoint: convert it first with `adamllm convert-llava`)"
+            if model_type == "llava_llama"
+            else ""
+        )
+        text = (
+            " It looks like a text LLM: did you swap the synthesizer and the checker?"
+            if model_type not in MULTIMODAL_TYPES
+            else ""
+        )
         return (
             f"{flag} {name_or_path} is a {model_type or 'model without model_type'}, not a LLaVA-NeXT "
             f"(model_type llava_next, e.g. AdaptLLM/visual-instruction-synthesizer){hint}.{text}"
@@ -126,7 +138,9 @@ def load_processor(name_or_path: str):
         processor = AutoProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:  # transformers' words for a missing or unreadable tokenizer / processor file
         detail = " ".join(str(e).split())
-        raise ValueError(f"{name_or_path}: its processor does not load (is its tokenizer saved with it?): {detail}") from None
+        raise ValueError(
+            f"{name_or_path}: its processor does not load (is its tokenizer saved with it?): {detail}"
+        ) from None
     config = AutoConfig.from_pretrained(name_or_path)
     vision = config.vision_config
     if processor.patch_size is None:
@@ -141,7 +155,7 @@ def load_processor(name_or_path: str):
 
 
 def check_processor(name_or_path: str, flag: str) -> str:
-    """"" when the synthesizer's processor loads and matches its model (see load_processor), else why
+    """ "" when the synthesizer's processor loads and matches its model (see load_processor), else why
     not, naming `flag`: for the argument checks, before any work. A model that is no LLaVA-NeXT at
     all passes here: check_model says so."""
     try:
@@ -177,7 +191,7 @@ def image_feature_count(config, width: int, height: int, class_tokens: int) -> i
 
 
 def processor_problem(processor, config) -> str:
-    """"" when `processor` marks and expands images as the model of `config` reads them, else what
+    """ "" when `processor` marks and expands images as the model of `config` reads them, else what
     differs: the first image size where the counts part, and each setting that differs from the model's."""
     vision = config.vision_config
     image_processor = processor.image_processor
@@ -193,9 +207,24 @@ def processor_problem(processor, config) -> str:
     size = image_processor.size
     settings = [  # (name, the processor's, the model's, where the model says so)
         ("patch_size", processor.patch_size, vision.patch_size, "config.json vision_config.patch_size"),
-        ("vision_feature_select_strategy", processor.vision_feature_select_strategy, config.vision_feature_select_strategy, "config.json"),
-        ("size", size.shortest_edge or min(size.height, size.width), vision.image_size, "config.json vision_config.image_size"),
-        ("image_grid_pinpoints", [list(p) for p in image_processor.image_grid_pinpoints], [list(p) for p in config.image_grid_pinpoints], "config.json"),
+        (
+            "vision_feature_select_strategy",
+            processor.vision_feature_select_strategy,
+            config.vision_feature_select_strategy,
+            "config.json",
+        ),
+        (
+            "size",
+            size.shortest_edge or min(size.height, size.width),
+            vision.image_size,
+            "config.json vision_config.image_size",
+        ),
+        (
+            "image_grid_pinpoints",
+            [list(p) for p in image_processor.image_grid_pinpoints],
+            [list(p) for p in config.image_grid_pinpoints],
+            "config.json",
+        ),
     ]
     for width, height in [(w, h) for h, w in config.image_grid_pinpoints] + list(PROBE_SIZES):
         features = image_feature_count(config, width, height, processor.num_additional_image_tokens)
@@ -210,7 +239,11 @@ def processor_problem(processor, config) -> str:
                 f"expands a {width}x{height} image into {tokens} image tokens but the model makes {features} image "
                 "features (transformers would fail: 'Image features and image tokens do not match')"
             )
-        differ = [f"{name} {ours} where the model has {theirs} ({where})" for name, ours, theirs, where in settings if ours != theirs]
+        differ = [
+            f"{name} {ours} where the model has {theirs} ({where})"
+            for name, ours, theirs, where in settings
+            if ours != theirs
+        ]
         return (
             f"its processor {seen}; the processor has {'; '.join(differ) or 'settings its model does not share'}. "
             "Set the model's values in processor_config.json (patch_size, vision_feature_select_strategy; size "
@@ -254,7 +287,7 @@ def to_vllm_layout(out_dir: str | Path) -> Path:
 def hub_key(key: str) -> str:
     """A weight name as the hub's llava-hf checkpoints spell it (the vision tower under its hub prefix)."""
     if key.startswith(VISION_PREFIX) and not key.startswith(VISION_HUB_PREFIX):
-        return VISION_HUB_PREFIX + key[len(VISION_PREFIX):]
+        return VISION_HUB_PREFIX + key[len(VISION_PREFIX) :]
     return key
 
 

@@ -40,14 +40,22 @@ def stage_args(stats: dict, stage: str) -> dict:
 def _cell(value: Any) -> str:
     """A stats value as a Markdown table cell (one line, no pipes, numbers only when numbers)."""
     if isinstance(value, dict):
-        return ", ".join(f"{_cell(k)}: {_cell(v)}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))) or "none"
+        return (
+            ", ".join(f"{_cell(k)}: {_cell(v)}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))) or "none"
+        )
     if value is None:
         return ""
     return re.sub(r"[|\r\n`]+", " ", str(value))[:300]
 
 
 def _size_category(n: int) -> str:
-    for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+    for bound, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ):
         if n < bound:
             return name
     return "10M<n<100M"
@@ -62,7 +70,9 @@ def dataset_card(name: str, stats: dict, summary: ExportSummary) -> str:
     rows = []
     for stage in ("synthesize", "filter", "format"):
         s = stage_entry(stats, stage)
-        rows.append(f"| {stage} | {_cell(s.get('records_in'))} | {_cell(s.get('records_out'))} | {_cell(s.get('rejected', {}))} |")
+        rows.append(
+            f"| {stage} | {_cell(s.get('records_in'))} | {_cell(s.get('records_out'))} | {_cell(s.get('rejected', {}))} |"
+        )
     rows.append(f"| export | {summary.records_in} | {summary.rows} | {_cell(summary.rejected)} |")
     filt = stage_entry(stats, "filter")
     mode = stage_args(stats, "filter").get("mode") or stage_args(stats, "run").get("mode") or "not recorded"
@@ -112,8 +122,8 @@ and captions, whose licence this tool cannot know.
 
 | role | model |
 | --- | --- |
-| synthesizer | {_model(stats, 'synthesize', 'synthesizer')} |
-| consistency checker | {_model(stats, 'filter', 'checker')} (mode: {_cell(mode)}) |
+| synthesizer | {_model(stats, "synthesize", "synthesizer")} |
+| consistency checker | {_model(stats, "filter", "checker")} (mode: {_cell(mode)}) |
 
 ## Counts
 
@@ -121,7 +131,7 @@ and captions, whose licence this tool cannot know.
 | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
-Pass rate of the consistency filter: {_cell(filt.get('pass_rate'))} of judged triplets. Rows with
+Pass rate of the consistency filter: {_cell(filt.get("pass_rate"))} of judged triplets. Rows with
 the synthetic task: {summary.rows_with_synthetic_task} of {summary.rows}; without, by reason:
 {_cell(summary.no_task_reasons)}.
 

@@ -65,20 +65,22 @@ def features():
     from datasets import Features, Image, Value
 
     text = Value("string")
-    return Features({
-        "syn_id": Value("int64"),
-        "image": Image(),
-        "image_path": text,
-        "messages": [{"role": text, "content": text}],
-        "caption": text,
-        "Q": text,
-        "precise_A": text,
-        "informative_A": text,
-        "consistency": text,
-        "yes_prob": Value("float64"),
-        "synthetic_task": Value("bool"),
-        "no_task_reason": text,
-    })
+    return Features(
+        {
+            "syn_id": Value("int64"),
+            "image": Image(),
+            "image_path": text,
+            "messages": [{"role": text, "content": text}],
+            "caption": text,
+            "Q": text,
+            "precise_A": text,
+            "informative_A": text,
+            "consistency": text,
+            "yes_prob": Value("float64"),
+            "synthetic_task": Value("bool"),
+            "no_task_reason": text,
+        }
+    )
 
 
 @dataclass
@@ -94,7 +96,9 @@ class ExportArgs:
         out = Path(self.output_dir)
         missing = [name for name in (FILTERED_FILE, FINAL_FILE, STATS_FILE) if not (out / name).is_file()]
         if missing:
-            errors.append(f"{self.output_dir} holds no finished stage-2 run (no {', '.join(missing)}); run `adamllm run` (or synthesize, filter and format) first")
+            errors.append(
+                f"{self.output_dir} holds no finished stage-2 run (no {', '.join(missing)}); run `adamllm run` (or synthesize, filter and format) first"
+            )
         to = Path(self.to) if self.to else None
         if to is None:
             errors.append("--to is required: the folder to write the dataset to")
@@ -121,7 +125,9 @@ def check_hub(repo: str) -> list[str]:
     except ValueError as e:
         errors.append(f"--push_to_hub {repo}: not a Hub repo id ({e}); give NAMESPACE/NAME")
     if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
-        errors.append(f"--push_to_hub {repo}: HF_HUB_OFFLINE is set, so nothing can be pushed; unset it, or export without --push_to_hub")
+        errors.append(
+            f"--push_to_hub {repo}: HF_HUB_OFFLINE is set, so nothing can be pushed; unset it, or export without --push_to_hub"
+        )
     elif get_token() is None:
         errors.append(f"--push_to_hub {repo}: no Hugging Face token; log in with `hf auth login` or set HF_TOKEN")
     return errors
@@ -136,7 +142,9 @@ def _indices(path: Path) -> Iterator[tuple[int, dict]]:
     for n, row in enumerate(read_run_records(path)):
         index = row.get("index") if isinstance(row, dict) else None
         if type(index) is not int or index <= last:
-            raise ValueError(f"{path}: row {n} has index {index!r}; format writes increasing record indices here. Rerun `adamllm format`")
+            raise ValueError(
+                f"{path}: row {n} has index {index!r}; format writes increasing record indices here. Rerun `adamllm format`"
+            )
         last = index
         yield index, row
 
@@ -147,7 +155,9 @@ def image_folder(args: ExportArgs, stats: dict) -> str:
     if resolved is None:
         raise ValueError(f"{Path(args.output_dir) / STATS_FILE} records no image folder; pass --image_folder")
     if not resolved.is_dir():
-        raise ValueError(f"image folder {resolved} ({source}): no such folder; pass the run's image folder with --image_folder")
+        raise ValueError(
+            f"image folder {resolved} ({source}): no such folder; pass the run's image folder with --image_folder"
+        )
     return str(resolved)
 
 
@@ -242,7 +252,9 @@ def generate_rows(out_dir: str, folder: str, rejects: Rejects, summary: ExportSu
         curation = next_curated[1] if next_curated is not None and next_curated[0] == index else None
         final = next(finals, None)
         if final is None:
-            raise ValueError(f"{final_path} ends before the filtered records it was formatted from; rerun `adamllm format`, then export")
+            raise ValueError(
+                f"{final_path} ends before the filtered records it was formatted from; rerun `adamllm format`, then export"
+            )
         summary.records_in += 1
         try:
             row = _row(record, final, curation, folder)
@@ -284,7 +296,9 @@ def run_export(args: ExportArgs) -> ExportSummary:
         rejects = Rejects(staging / REJECTS_FILE)
         try:
             dataset = datasets.Dataset.from_generator(
-                generate_rows, features=features(), cache_dir=str(Path(tmp) / "cache"),
+                generate_rows,
+                features=features(),
+                cache_dir=str(Path(tmp) / "cache"),
                 gen_kwargs={"out_dir": str(out), "folder": folder, "rejects": rejects, "summary": summary},
                 # a fresh cache per export: the fingerprint only names it (nothing is reused)
                 fingerprint=f"adamllm-export-{os.getpid()}-{Path(tmp).name}",
@@ -305,7 +319,14 @@ def run_export(args: ExportArgs) -> ExportSummary:
         if to.is_dir():
             to.rmdir()  # empty (checked before any work); rename needs the name free
         os.replace(staging, to)
-    log.info("export: %d records in, %d rows to %s, %d rejected %s", summary.records_in, summary.rows, to, sum(summary.rejected.values()), summary.rejected)
+    log.info(
+        "export: %d records in, %d rows to %s, %d rejected %s",
+        summary.records_in,
+        summary.rows,
+        to,
+        sum(summary.rejected.values()),
+        summary.rejected,
+    )
     if args.push_to_hub:
         push_to_hub(to, args.push_to_hub, args.private)
         summary.pushed_to = args.push_to_hub
@@ -331,6 +352,13 @@ def push_to_hub(dataset_dir: Path, repo: str, private: bool) -> None:
 
     api = HfApi()
     api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
-    api.upload_file(path_or_fileobj=str(dataset_dir / CARD_FILE), path_in_repo=CARD_FILE, repo_id=repo, repo_type="dataset",
-                    commit_message="Dataset card (adamllm export)")
-    datasets.load_from_disk(str(dataset_dir)).push_to_hub(repo, private=private, commit_message="Upload dataset (adamllm export)")
+    api.upload_file(
+        path_or_fileobj=str(dataset_dir / CARD_FILE),
+        path_in_repo=CARD_FILE,
+        repo_id=repo,
+        repo_type="dataset",
+        commit_message="Dataset card (adamllm export)",
+    )
+    datasets.load_from_disk(str(dataset_dir)).push_to_hub(
+        repo, private=private, commit_message="Upload dataset (adamllm export)"
+    )

@@ -89,7 +89,9 @@ def _conversation(final: Any) -> list[tuple[str, str]] | None:
     if not isinstance(turns, list):
         return None
     return [
-        (_text(t.get("role", t.get("from", ""))), _text(t.get("content", t.get("value", "")))) if isinstance(t, dict) else ("", _text(t))
+        (_text(t.get("role", t.get("from", ""))), _text(t.get("content", t.get("value", ""))))
+        if isinstance(t, dict)
+        else ("", _text(t))
         for t in turns
     ]
 
@@ -123,8 +125,16 @@ class Thumbnails:
 def _card(index: int, record: Any, final: Any, curation: Any = None) -> Card:
     """The card without what only a shown card needs (its thumbnail, its parsed pairs)."""
     if not isinstance(record, dict):
-        return Card(syn_id=f"{index} (not a JSON object)", image="", caption="", pred=_text(record), triplet=None,
-                    verdict="none", reason="bad_record", conversation=_conversation(final))
+        return Card(
+            syn_id=f"{index} (not a JSON object)",
+            image="",
+            caption="",
+            pred=_text(record),
+            triplet=None,
+            verdict="none",
+            reason="bad_record",
+            conversation=_conversation(final),
+        )
     consistency = record.get(CONSISTENCY)
     verdict = consistency if isinstance(consistency, str) and consistency else "none"
     pred = record.get(PRED)
@@ -155,12 +165,14 @@ def load_cards(out_dir: Path, sample: Sample) -> Summary:
     final_path = out_dir / FINAL_FILE
     format_rejects = rejects_path(final_path)
     rejected = {
-        row["index"] for row in (read_run_records(format_rejects) if format_rejects.exists() else ())
+        row["index"]
+        for row in (read_run_records(format_rejects) if format_rejects.exists() else ())
         if isinstance(row, dict) and type(row.get("index")) is int
     }
     curation = curation_path(final_path)
     curated = {  # index -> reason only: a run's curation file may name most of its records
-        row["index"]: row.get("reason") for row in (read_run_records(curation) if curation.exists() else ())
+        row["index"]: row.get("reason")
+        for row in (read_run_records(curation) if curation.exists() else ())
         if isinstance(row, dict) and type(row.get("index")) is int
     }
     finals = read_run_records(final_path) if final_path.exists() else iter(())
@@ -184,14 +196,18 @@ def choose_image_folder(out_dir: Path, stats: dict[str, dict], given: str = "") 
     return str(resolved), f"{resolved} ({source})"
 
 
-def write_report(out_dir: str | Path, image_folder: str = "", cards_per_group: int = CARDS_PER_GROUP, seed: int = 0) -> Path:
+def write_report(
+    out_dir: str | Path, image_folder: str = "", cards_per_group: int = CARDS_PER_GROUP, seed: int = 0
+) -> Path:
     """Write OUTPUT_DIR/report.html; the image folder defaults to the one synthesis ran with."""
     if type(cards_per_group) is not int or cards_per_group < 0:
         raise ValueError(f"--cards_per_group must be a whole number >= 0 (got {cards_per_group!r}); 0 shows no card")
     out = Path(out_dir)
     stats_path = out / STATS_FILE
     if not (out / FILTERED_FILE).exists() or not stats_path.exists():
-        raise ValueError(f"{out} holds no finished stage-2 run (no {FILTERED_FILE} or {STATS_FILE}); run `adamllm run` first")
+        raise ValueError(
+            f"{out} holds no finished stage-2 run (no {FILTERED_FILE} or {STATS_FILE}); run `adamllm run` first"
+        )
     stats = load_stats(stats_path)
     check_run_folder(out, stats)
     folder, note = choose_image_folder(out, stats, image_folder)
@@ -203,7 +219,11 @@ def write_report(out_dir: str | Path, image_folder: str = "", cards_per_group: i
     path = out / REPORT_FILE
     try:
         # errors="replace": a JSON "\udc80" escape decodes to a lone surrogate, which UTF-8 cannot hold
-        path.write_text(render(stats, summary, cards, f"adamllm stage-2 report: {out.name}", note, cards_per_group, sample.shown()), encoding="utf-8", errors="replace")
+        path.write_text(
+            render(stats, summary, cards, f"adamllm stage-2 report: {out.name}", note, cards_per_group, sample.shown()),
+            encoding="utf-8",
+            errors="replace",
+        )
     except OSError as e:
         raise ValueError(f"cannot write {path}: {e}") from None
     return path

@@ -121,9 +121,15 @@ def _stage_table(stats: dict[str, dict]) -> str:
     for stage in STAGES:
         s = stats.get(stage, {})
         cells = [
-            stage, number(s.get("records_in")), number(s.get("records_out")), _rejected(s.get("rejected")),
-            number(s.get("wall_s"), ".1f"), number(s.get("engine_s"), ".1f"), number(s.get("image_wait_s"), ".1f"),
-            number(s.get("prompt_tokens")), number(s.get("output_tokens")),
+            stage,
+            number(s.get("records_in")),
+            number(s.get("records_out")),
+            _rejected(s.get("rejected")),
+            number(s.get("wall_s"), ".1f"),
+            number(s.get("engine_s"), ".1f"),
+            number(s.get("image_wait_s"), ".1f"),
+            number(s.get("prompt_tokens")),
+            number(s.get("output_tokens")),
         ]
         rows.append("<tr>" + "".join(f"<td>{_h(c)}</td>" for c in cells) + "</tr>")
     head = "<tr><th>stage</th><th>in</th><th>out</th><th>rejected by reason</th><th>wall s</th><th>engine s</th><th>waiting for images s</th><th>prompt tokens</th><th>output tokens</th></tr>"
@@ -144,8 +150,10 @@ def prefix_cache_note(filt: dict) -> str:
 def _triplet(triplet: dict[str, str | None] | None) -> str:
     if triplet is None:
         return "<i>none</i>"
-    text = "\n".join(f"{label}: {triplet[key] if triplet[key] is not None else '(missing)'}"
-                     for key, label in zip(TRIPLET_KEYS, ("Q", "precise", "informative")))
+    text = "\n".join(
+        f"{label}: {triplet[key] if triplet[key] is not None else '(missing)'}"
+        for key, label in zip(TRIPLET_KEYS, ("Q", "precise", "informative"))
+    )
     return f"<pre>{_h(_clip(text))}</pre>"
 
 
@@ -160,13 +168,20 @@ def _card(card: Card) -> str:
 
     image = h(card.image)
     img = f'<img src="{_h(card.thumbnail)}" alt="{image}">' if card.thumbnail else f"<div>(no image: {image})</div>"
-    pairs = "".join(f"<pre>{h(f'Q: {q}')}\n{h(f'A: {a}')}</pre>" for q, a in card.pairs[:MAX_PAIRS]) or "<i>no pair parsed</i>"
+    pairs = (
+        "".join(f"<pre>{h(f'Q: {q}')}\n{h(f'A: {a}')}</pre>" for q, a in card.pairs[:MAX_PAIRS])
+        or "<i>no pair parsed</i>"
+    )
     if len(card.pairs) > MAX_PAIRS:
         pairs += f"<i>({len(card.pairs) - MAX_PAIRS} more pairs)</i>"
     conversation = (
-        "".join(f'<div class="turn"><span class="role">{h(role)}:</span><pre>{h(content)}</pre></div>' for role, content in card.conversation[:MAX_TURNS])
+        "".join(
+            f'<div class="turn"><span class="role">{h(role)}:</span><pre>{h(content)}</pre></div>'
+            for role, content in card.conversation[:MAX_TURNS]
+        )
         + (f"<i>({len(card.conversation) - MAX_TURNS} more turns)</i>" if len(card.conversation) > MAX_TURNS else "")
-        if card.conversation else "<i>not in the post-training file</i>"
+        if card.conversation
+        else "<i>not in the post-training file</i>"
     )
     reason = f'<span class="tag">{h(card.reason)}</span>' if card.reason else ""
     if card.yes_prob is not None:
@@ -183,7 +198,9 @@ def _card(card: Card) -> str:
 
 
 def _options(counts: Counter) -> str:
-    return "".join(f'<option value="{_h(_clip(v))}">{_h(_clip(v))} ({_h(n)})</option>' for v, n in counts.most_common(MAX_GROUPS))
+    return "".join(
+        f'<option value="{_h(_clip(v))}">{_h(_clip(v))} ({_h(n)})</option>' for v, n in counts.most_common(MAX_GROUPS)
+    )
 
 
 def _plots(summary: Summary) -> str:
@@ -214,7 +231,8 @@ def _top_questions(summary: Summary) -> str:
     for verdict in verdicts[:TOP_VERDICTS]:
         counts = asked[verdict]
         rows = "".join(
-            f"<tr><td>{_h(shown[key])}</td><td>{n}</td><td>{kept[verdict][key]}</td></tr>" for key, n in counts.most_common(TOP_QUESTIONS)
+            f"<tr><td>{_h(shown[key])}</td><td>{n}</td><td>{kept[verdict][key]}</td></tr>"
+            for key, n in counts.most_common(TOP_QUESTIONS)
         )
         tables.append(
             f'<div class="plot"><b>verdict {_h(verdict)}</b>: {sum(counts.values())} questions, {len(counts)} distinct'
@@ -247,12 +265,17 @@ def _svg_yes_prob(summary: Summary, threshold: object, width: int = 440, height:
     line = ""
     if is_number(threshold) and 0 < threshold <= 1:
         x = threshold * width
-        line = (f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 18}" stroke="#c8423b" stroke-dasharray="4 3">'
-                f"<title>--min_yes_prob {threshold:g}</title></line>")
-    axis = (f'<text x="0" y="{height - 4}" font-size="10">0</text><text x="{width / 2 - 8:.0f}" y="{height - 4}" font-size="10">0.5</text>'
-            f'<text x="{width - 8}" y="{height - 4}" font-size="10">1</text>')
+        line = (
+            f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 18}" stroke="#c8423b" stroke-dasharray="4 3">'
+            f"<title>--min_yes_prob {threshold:g}</title></line>"
+        )
+    axis = (
+        f'<text x="0" y="{height - 4}" font-size="10">0</text><text x="{width / 2 - 8:.0f}" y="{height - 4}" font-size="10">0.5</text>'
+        f'<text x="{width - 8}" y="{height - 4}" font-size="10">1</text>'
+    )
     legend = " ".join(
-        f'<span class="tag" style="background:{colour};color:#fff">{_h(label)}: {counts[series]}</span>' for series, label, colour in PROB_SERIES
+        f'<span class="tag" style="background:{colour};color:#fff">{_h(label)}: {counts[series]}</span>'
+        for series, label, colour in PROB_SERIES
     )
     return (
         f'<div class="plot" id="yes-prob"><b>P(yes) of the checker</b> (n={sum(counts.values())}; softmax over the Yes / No / Open log-probabilities)<br>'
@@ -265,8 +288,14 @@ def _curation(fmt: dict, summary: Summary) -> str:
     c = c if isinstance(c, dict) else {}
     parts = []
     if "dedup" in c:
-        near = (f", near-duplicates at Jaccard >= {_h(number(c.get('near_threshold'), 'g', '?'))} over "
-                f"{_h(number(c.get('near_ngram'), missing='?'))}-word shingles") if c.get("dedup") == "near" else ""
+        near = (
+            (
+                f", near-duplicates at Jaccard >= {_h(number(c.get('near_threshold'), 'g', '?'))} over "
+                f"{_h(number(c.get('near_ngram'), missing='?'))}-word shingles"
+            )
+            if c.get("dedup") == "near"
+            else ""
+        )
         parts.append(
             f'<p id="dedup">Duplicate questions (<code>--dedup {_h(c.get("dedup"))}</code>, at most {_h(number(c.get("max_per_question"), missing="?"))} '
             f"per question{near}): <b>{_h(number(c.get('questions_seen'), missing='?'))}</b> questions seen, "
@@ -282,22 +311,33 @@ def _curation(fmt: dict, summary: Summary) -> str:
             f"<b>{_h(number(c.get('no_yes_prob'), missing='?'))}</b> without usable log-probabilities ({NO_YES_PROB}).</p>"
         )
     if not parts:
-        parts.append('<p id="no-curation">No curation filter ran: every task the checker said Yes to is kept, as in the paper '
-                     "(<code>adamllm format --dedup exact|near</code>, <code>--min_yes_prob P</code>).</p>")
+        parts.append(
+            '<p id="no-curation">No curation filter ran: every task the checker said Yes to is kept, as in the paper '
+            "(<code>adamllm format --dedup exact|near</code>, <code>--min_yes_prob P</code>).</p>"
+        )
     plot = _svg_yes_prob(summary, c.get("min_yes_prob"))
-    return "".join(parts) + (f'<div class="plots">{plot}</div>' if plot else "") + "<h3>Questions most often asked, per verdict</h3>" + _top_questions(summary)
+    return (
+        "".join(parts)
+        + (f'<div class="plots">{plot}</div>' if plot else "")
+        + "<h3>Questions most often asked, per verdict</h3>"
+        + _top_questions(summary)
+    )
 
 
 def _groups(summary: Summary, shown: Counter) -> str:
     """Records and cards per (verdict, reason) group; the page's script sums the rows a filter matches."""
     rows = []
     for (verdict, reason), n in summary.groups.most_common(MAX_GROUPS):
-        rows.append(f'<tr data-group-verdict="{_h(_clip(verdict))}" data-group-reason="{_h(_clip(reason))}" data-records="{n}">'
-                    f"<td>{_h(_clip(verdict))}</td><td>{_h(_clip(reason)) or '(none)'}</td><td>{n}</td><td>{shown[verdict, reason]}</td></tr>")
+        rows.append(
+            f'<tr data-group-verdict="{_h(_clip(verdict))}" data-group-reason="{_h(_clip(reason))}" data-records="{n}">'
+            f"<td>{_h(_clip(verdict))}</td><td>{_h(_clip(reason)) or '(none)'}</td><td>{n}</td><td>{shown[verdict, reason]}</td></tr>"
+        )
     more = summary.groups.most_common()[MAX_GROUPS:]
     if more:  # data-* absent: only the unfiltered view counts them
-        rows.append(f"<tr><td>{len(more)} more groups</td><td>(they share one sample)</td><td>{sum(n for _, n in more)}</td>"
-                    f"<td>{shown[OTHER_GROUPS]}</td></tr>")
+        rows.append(
+            f"<tr><td>{len(more)} more groups</td><td>(they share one sample)</td><td>{sum(n for _, n in more)}</td>"
+            f"<td>{shown[OTHER_GROUPS]}</td></tr>"
+        )
     return f'<table id="groups"><tr><th>verdict</th><th>reason</th><th>records</th><th>cards</th></tr>{"".join(rows)}</table>'
 
 
@@ -311,13 +351,23 @@ def _sample_note(summary: Summary, cards: int, per_group: int) -> str:
     )
 
 
-def render(stats: dict[str, dict], summary: Summary, cards: list[Card], title: str, image_note: str, per_group: int, shown: Counter) -> str:
+def render(
+    stats: dict[str, dict],
+    summary: Summary,
+    cards: list[Card],
+    title: str,
+    image_note: str,
+    per_group: int,
+    shown: Counter,
+) -> str:
     """The page; `stats` maps each stage to its (dict) entry of stats.json, `summary` counts every
     record, `cards` are the sampled ones (`shown`: cards per group)."""
     verdicts = summary.verdicts
     reasons = summary.reasons
     filt = stats.get("filter", {})
-    verdict_rows = "".join(f"<tr><td>{_h(_clip(v))}</td><td>{_h(n)}</td></tr>" for v, n in verdicts.most_common(MAX_GROUPS))
+    verdict_rows = "".join(
+        f"<tr><td>{_h(_clip(v))}</td><td>{_h(n)}</td></tr>" for v, n in verdicts.most_common(MAX_GROUPS)
+    )
     script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
     return f"""<!doctype html>
@@ -328,8 +378,8 @@ def render(stats: dict[str, dict], summary: Summary, cards: list[Card], title: s
 <h1>{_h(title)}</h1>
 <h2>Summary</h2>
 {_stage_table(stats)}
-<p>Pass rate of the consistency filter: <b>{_h(number(filt.get('pass_rate'), '.0%', missing='unknown'))}</b> of judged triplets
-(the paper saw about 30%). Prompt tokens computed by the filter: {_h(number(filt.get('prompt_tokens_computed'), missing='unknown'))},
+<p>Pass rate of the consistency filter: <b>{_h(number(filt.get("pass_rate"), ".0%", missing="unknown"))}</b> of judged triplets
+(the paper saw about 30%). Prompt tokens computed by the filter: {_h(number(filt.get("prompt_tokens_computed"), missing="unknown"))},
 served from the prefix cache: {_h(prefix_cache_note(filt))}.</p>
 <p>Images from: <b id="image-folder">{_h(image_note)}</b></p>
 <table><tr><th>verdict</th><th>records</th></tr>{verdict_rows}</table>
@@ -342,7 +392,7 @@ served from the prefix cache: {_h(prefix_cache_note(filt))}.</p>
 <p>Verdict <select id="verdict"><option value="">all</option>{_options(verdicts)}</select>
 reason <select id="reason"><option value="">all</option>{_options(reasons)}</select>
 showing <b id="shown">{len(cards)}</b> cards of the <b id="matching">{summary.records}</b> records that match</p>
-{''.join(_card(c) for c in cards)}
+{"".join(_card(c) for c in cards)}
 <script>{SCRIPT}</script>
 </body></html>
 """

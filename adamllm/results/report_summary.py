@@ -65,11 +65,15 @@ class Summary:
 
     records: int = 0
     groups: Counter = field(default_factory=Counter)  # (verdict, reason) -> records
-    lengths: dict[str, Counter] = field(default_factory=lambda: {key: Counter() for key in TRIPLET_KEYS})  # words -> triplets
+    lengths: dict[str, Counter] = field(
+        default_factory=lambda: {key: Counter() for key in TRIPLET_KEYS}
+    )  # words -> triplets
     asked: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # verdict -> question -> times
     kept: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # verdict -> question -> kept
     wording: dict[bytes, str] = field(default_factory=dict)  # question -> its first wording, clipped
-    yes_prob: list[Counter] = field(default_factory=lambda: [Counter() for _ in range(YES_PROB_BINS)])  # bin -> series -> n
+    yes_prob: list[Counter] = field(
+        default_factory=lambda: [Counter() for _ in range(YES_PROB_BINS)]
+    )  # bin -> series -> n
 
     def add(self, card: Card) -> None:
         self.records += 1
@@ -137,7 +141,9 @@ class Sample:
 
     def cards(self) -> list[Card]:
         """The sampled cards in the order of the filtered file."""
-        return [card for _, _, card in sorted((entry for heap in self.heaps.values() for entry in heap), key=lambda e: e[1])]
+        return [
+            card for _, _, card in sorted((entry for heap in self.heaps.values() for entry in heap), key=lambda e: e[1])
+        ]
 
     def shown(self) -> Counter:
         """Cards per group (OTHER_GROUPS for the groups past MAX_GROUPS)."""

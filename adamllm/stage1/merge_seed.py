@@ -45,13 +45,30 @@ SOURCES = ("caption", "precise", "informative")
 @dataclass
 class MergeSeedArgs:
     caption_path: str = field(metadata={"help": "ALLaVA-Caption-VFLAN-4V.json: the caption of each image."})
-    precise_qa_path: str = field(metadata={"help": "Vision-Flan metadata.json: short human-written answers, with task_name."})
-    informative_qa_path: str = field(metadata={"help": "ALLaVA-Instruct-VFLAN-4V.json: long GPT-4V answers to the same instructions."})
+    precise_qa_path: str = field(
+        metadata={"help": "Vision-Flan metadata.json: short human-written answers, with task_name."}
+    )
+    informative_qa_path: str = field(
+        metadata={"help": "ALLaVA-Instruct-VFLAN-4V.json: long GPT-4V answers to the same instructions."}
+    )
     output: str = field(metadata={"help": "The JSON list of training records to write."})
-    blank_image_path: str = field(default="exp/blank.png", metadata={"help": "The blank image; made (white, 336x336) when the file does not exist."})
-    replace_with_blank_image_percent: float = field(default=10.0, metadata={"help": "Share of written records whose image becomes the blank image."})
-    split: str = field(default="train", metadata={"help": "Which split to write: 90% of each task's images go to train, 10% to dev.", "choices": ["train", "dev"]})
-    image_folder: str = field(default="", metadata={"help": "When given, every joined image is checked to exist and decode in this folder."})
+    blank_image_path: str = field(
+        default="exp/blank.png",
+        metadata={"help": "The blank image; made (white, 336x336) when the file does not exist."},
+    )
+    replace_with_blank_image_percent: float = field(
+        default=10.0, metadata={"help": "Share of written records whose image becomes the blank image."}
+    )
+    split: str = field(
+        default="train",
+        metadata={
+            "help": "Which split to write: 90% of each task's images go to train, 10% to dev.",
+            "choices": ["train", "dev"],
+        },
+    )
+    image_folder: str = field(
+        default="", metadata={"help": "When given, every joined image is checked to exist and decode in this folder."}
+    )
     seed: int = field(default=42, metadata={"help": "Seed of the pair shuffle, the split and the blank-image choice."})
 
     def __post_init__(self):
@@ -61,7 +78,9 @@ class MergeSeedArgs:
             if not Path(getattr(self, name)).is_file()
         ]
         if not 0 <= self.replace_with_blank_image_percent <= 100:
-            errors.append(f"--replace_with_blank_image_percent {self.replace_with_blank_image_percent}: give a share in [0, 100]")
+            errors.append(
+                f"--replace_with_blank_image_percent {self.replace_with_blank_image_percent}: give a share in [0, 100]"
+            )
         if self.split not in ("train", "dev"):
             errors.append(f"--split {self.split}: choose train or dev")
         if self.image_folder and not Path(self.image_folder).is_dir():
@@ -73,7 +92,7 @@ class MergeSeedArgs:
 
 
 def blank_image_problem(path: str) -> str:
-    """"" when `path` is a usable blank image (or nothing yet: one is made), else what is wrong: a
+    """ "" when `path` is a usable blank image (or nothing yet: one is made), else what is wrong: a
     folder or a file that is no image would otherwise fail training, after the whole merge."""
     blank = Path(path)
     if not blank.exists():
@@ -108,9 +127,15 @@ def _seed_fields(record: object) -> tuple[str, str, str]:
         raise RecordError("bad_schema", 'a seed record must be an object with an "image" path')
     if os.path.basename(record["image"]) in ("", ".", ".."):
         # The join and the output go by base name: "x/1.png/" has none (and no file opens as written).
-        raise RecordError("unsafe_image_path", f"image path {record['image']!r} names no file (it ends in '/', '.' or '..')")
+        raise RecordError(
+            "unsafe_image_path", f"image path {record['image']!r} names no file (it ends in '/', '.' or '..')"
+        )
     conv = record.get("conversations")
-    if not isinstance(conv, list) or len(conv) < 2 or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in conv[:2]):
+    if (
+        not isinstance(conv, list)
+        or len(conv) < 2
+        or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in conv[:2])
+    ):
         raise RecordError("bad_schema", '"conversations" must hold a human turn and a gpt turn, each {"from", "value"}')
     return os.path.basename(record["image"]), conv[0]["value"], conv[1]["value"]
 
@@ -153,7 +178,9 @@ def read_seed(args: MergeSeedArgs, rejects: Rejects, counts: Counter) -> dict[st
                     # A caption of another image with the same name is no duplicate: both images are dropped.
                     if not _names_another_image(seed_image, source, record["image"], name):
                         if seed_image.caption is not None:
-                            raise RecordError("duplicate_caption", f"a second caption for image {name}; the first is kept")
+                            raise RecordError(
+                                "duplicate_caption", f"a second caption for image {name}; the first is kept"
+                            )
                         seed_image.caption = caption
                 else:
                     question, answer = _clean(remove_image_tag(human), counts), _clean(gpt, counts)
@@ -192,6 +219,7 @@ def image_problems(image_folder: str, names: list[str]) -> dict[str, RecordError
     Vision-Flan holds ~190K images: decoded one after another that is half an hour, while PIL's
     decoders release the GIL, so threads divide the time by the cores.
     """
+
     def problem(name: str) -> RecordError | None:
         try:
             check_image(resolve_image_path(image_folder, name))
@@ -241,7 +269,9 @@ def run_merge_seed(args: MergeSeedArgs) -> dict:
 
 def _merge_seed(args: MergeSeedArgs) -> dict:
     output = Path(args.output)
-    clean_stale_tmp(output.parent, (tmp_pattern(output), tmp_pattern(run_folder.summary_path(output))))  # a killed run's
+    clean_stale_tmp(
+        output.parent, (tmp_pattern(output), tmp_pattern(run_folder.summary_path(output)))
+    )  # a killed run's
     rejects = Rejects(run_folder.rejects_path(output))
     counts: Counter = Counter()
     images = read_seed(args, rejects, counts)
@@ -268,7 +298,11 @@ def _merge_seed(args: MergeSeedArgs) -> dict:
     n_blank = round(len(chosen) * args.replace_with_blank_image_percent / 100)
     blank = set(random.Random(f"adamllm-blank:{args.seed}:{args.split}").sample(chosen, n_blank))
     # Absolute, so training finds it from any working directory.
-    blank_path = str(ensure_blank_image(args.blank_image_path).resolve()) if blank else str(Path(args.blank_image_path).resolve())
+    blank_path = (
+        str(ensure_blank_image(args.blank_image_path).resolve())
+        if blank
+        else str(Path(args.blank_image_path).resolve())
+    )
 
     records = (training_record(n, images[n], blank_path if n in blank else n, args.seed) for n in chosen)
     written = write_json_list(output, records)
@@ -303,7 +337,13 @@ def _merge_seed(args: MergeSeedArgs) -> dict:
     write_json(run_folder.summary_path(output), summary)
     log.info(
         "merge-seed: %d images seen, %d joined, %d dropped %s; wrote %d %s records (%d blank) to %s",
-        summary["images_seen"], summary["images_joined"], sum(dropped.values()), dict(dropped),
-        written, args.split, len(blank), output,
+        summary["images_seen"],
+        summary["images_joined"],
+        sum(dropped.values()),
+        dict(dropped),
+        written,
+        args.split,
+        len(blank),
+        output,
     )
     return summary

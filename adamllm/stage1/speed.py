@@ -66,7 +66,11 @@ def _fall_back(levers: Levers, message: str) -> None:
 
 def liger_unavailable() -> str:
     """Why Liger's kernels cannot run here ("" when they can)."""
-    missing = [package for module, package in (("liger_kernel", "liger-kernel"), ("triton", "triton")) if importlib.util.find_spec(module) is None]
+    missing = [
+        package
+        for module, package in (("liger_kernel", "liger-kernel"), ("triton", "triton"))
+        if importlib.util.find_spec(module) is None
+    ]
     if missing:
         return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (pip install liger-kernel, which brings triton)"
     if not torch.cuda.is_available():
@@ -103,10 +107,13 @@ def choose_levers(attn_implementation: str, padding_free: bool, use_liger_kernel
             _fall_back(levers, f"--attn_implementation flash_attention_2 falls back to sdpa: {why}")
     if padding_free and levers.attn_implementation not in PACKING_ATTENTION:
         levers.padding_free = False
-        _fall_back(levers, (
-            f"--padding_free is off: attention {levers.attn_implementation!r} cannot keep packed samples apart; "
-            f"use one of {', '.join(PACKING_ATTENTION)}"
-        ))
+        _fall_back(
+            levers,
+            (
+                f"--padding_free is off: attention {levers.attn_implementation!r} cannot keep packed samples apart; "
+                f"use one of {', '.join(PACKING_ATTENTION)}"
+            ),
+        )
     if use_liger_kernel:
         why = liger_unavailable()
         if why:
@@ -127,9 +134,15 @@ def apply_liger(model, kernels=None) -> None:
         import liger_kernel.transformers as kernels
     text_type = model.config.text_config.model_type
     if text_type != "llama":
-        raise ValueError(f"--use_liger_kernel: the text model is a {text_type}; only a Llama text model (LLaVA-NeXT Llama-3) is patched")
+        raise ValueError(
+            f"--use_liger_kernel: the text model is a {text_type}; only a Llama text model (LLaVA-NeXT Llama-3) is patched"
+        )
     kernels.apply_liger_kernel_to_llama(
-        rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False,
+        rope=True,
+        rms_norm=True,
+        swiglu=True,
+        cross_entropy=False,
+        fused_linear_cross_entropy=False,
         model=model.model.language_model,
     )
     model.lm_head.fused_loss_cls = kernels.LigerFusedLinearCrossEntropyLoss
@@ -137,7 +150,9 @@ def apply_liger(model, kernels=None) -> None:
     model.forward = _fused_loss_forward(model)
 
 
-def _fused_lm_head_forward(self, hidden_states: torch.Tensor, labels: torch.Tensor | None = None, num_items_in_batch=None):
+def _fused_lm_head_forward(
+    self, hidden_states: torch.Tensor, labels: torch.Tensor | None = None, num_items_in_batch=None
+):
     """The LM head's forward once the fused loss is on: given labels, the loss instead of the logits.
 
     The loss runs inside the head's own module call, not on `lm_head.weight` read from outside: under
@@ -153,7 +168,9 @@ def _fused_lm_head_forward(self, hidden_states: torch.Tensor, labels: torch.Tens
     loss_fn = self.fused_loss_cls(ignore_index=IGNORE_INDEX, reduction=reduction)
     loss = loss_fn(self.weight, hidden_states.reshape(-1, hidden_states.shape[-1]), target, self.bias)
     if num_items_in_batch is not None:
-        loss = loss / (num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch)
+        loss = loss / (
+            num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch
+        )
     return loss
 
 
@@ -224,8 +241,11 @@ class StepTimer(transformers.TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if torch.cuda.is_available():
-            memory = {"device": torch.cuda.get_device_name(), "peak_memory_bytes": torch.cuda.max_memory_allocated(),
-                      "peak_reserved_bytes": torch.cuda.max_memory_reserved()}
+            memory = {
+                "device": torch.cuda.get_device_name(),
+                "peak_memory_bytes": torch.cuda.max_memory_allocated(),
+                "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+            }
         else:  # peak resident set of this process (Linux reports KiB)
             memory = {"device": "cpu", "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
         write_json(self.path, {"world_size": args.world_size, **memory, "steps": self.steps})

@@ -55,27 +55,52 @@ VISION_TOWER = "vision_tower"
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(default=DEFAULT_BASE, metadata={"help": "Base LLaVA-NeXT (Llama-3) to fine-tune: hub id or folder."})
-    unfreeze_mm_vision_tower: bool = field(default=True, metadata={"help": "Train the vision tower too (the paper does), at --mm_vision_tower_lr."})
-    mm_vision_tower_lr: float = field(default=2e-6, metadata={"help": "Learning rate of the vision tower; the rest trains at --learning_rate."})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager, or flash_attention_2 (pip install flash-attn; needs CUDA and --bf16, else sdpa with a warning)."})
+    model_name_or_path: str = field(
+        default=DEFAULT_BASE, metadata={"help": "Base LLaVA-NeXT (Llama-3) to fine-tune: hub id or folder."}
+    )
+    unfreeze_mm_vision_tower: bool = field(
+        default=True, metadata={"help": "Train the vision tower too (the paper does), at --mm_vision_tower_lr."}
+    )
+    mm_vision_tower_lr: float = field(
+        default=2e-6, metadata={"help": "Learning rate of the vision tower; the rest trains at --learning_rate."}
+    )
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={
+            "help": "sdpa, eager, or flash_attention_2 (pip install flash-attn; needs CUDA and --bf16, else sdpa with a warning)."
+        },
+    )
 
 
 @dataclass
 class DataArguments:
-    data_path: str = field(default="", metadata={"help": "Training records written by `adamllm merge-seed` (instead of the three seed files)."})
+    data_path: str = field(
+        default="",
+        metadata={"help": "Training records written by `adamllm merge-seed` (instead of the three seed files)."},
+    )
     caption_path: str = field(default="", metadata={"help": "ALLaVA-Caption-VFLAN-4V.json."})
     precise_qa_path: str = field(default="", metadata={"help": "Vision-Flan metadata.json."})
     informative_qa_path: str = field(default="", metadata={"help": "ALLaVA-Instruct-VFLAN-4V.json."})
-    image_folder: str = field(default="", metadata={"help": "Folder of the seed images (Vision-Flan images_191task_1k)."})
-    blank_image_path: str = field(default="", metadata={"help": "The blank image (made if missing); default OUTPUT_DIR/blank.png, or with --data_path the one its merge-seed summary names."})
-    replace_with_blank_image_percent: float = field(default=10.0, metadata={"help": "Share of training records whose image becomes the blank image."})
+    image_folder: str = field(
+        default="", metadata={"help": "Folder of the seed images (Vision-Flan images_191task_1k)."}
+    )
+    blank_image_path: str = field(
+        default="",
+        metadata={
+            "help": "The blank image (made if missing); default OUTPUT_DIR/blank.png, or with --data_path the one its merge-seed summary names."
+        },
+    )
+    replace_with_blank_image_percent: float = field(
+        default=10.0, metadata={"help": "Share of training records whose image becomes the blank image."}
+    )
 
     def __post_init__(self):
         seed = [self.caption_path, self.precise_qa_path, self.informative_qa_path]
         errors = []
         if bool(self.data_path) == any(seed):
-            errors.append("give either --data_path or the three seed files (--caption_path --precise_qa_path --informative_qa_path)")
+            errors.append(
+                "give either --data_path or the three seed files (--caption_path --precise_qa_path --informative_qa_path)"
+            )
         if any(seed) and not all(seed):
             errors.append("--caption_path, --precise_qa_path and --informative_qa_path go together")
         if not self.image_folder:
@@ -94,10 +119,28 @@ class DataArguments:
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
-    model_max_length: int = field(default=6144, metadata={"help": "Longest training sequence, image tokens included; longer ones are truncated (and counted)."})
-    check_only: bool = field(default=False, metadata={"help": "Check the arguments, seed files and base model, then exit: tune_synthesizer.sh does this before torchrun starts its processes."})
-    padding_free: bool = field(default=False, metadata={"help": "Pack each micro-batch into one row without padding (position ids restart per sample); with sdpa, eager or flash_attention_2."})
-    step_timing: bool = field(default=False, metadata={"help": "Write OUTPUT_DIR/step_timing.rank<R>.json: seconds and tokens per optimizer step, peak memory (read by bench/bench_stage1.py)."})
+    model_max_length: int = field(
+        default=6144,
+        metadata={"help": "Longest training sequence, image tokens included; longer ones are truncated (and counted)."},
+    )
+    check_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Check the arguments, seed files and base model, then exit: tune_synthesizer.sh does this before torchrun starts its processes."
+        },
+    )
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack each micro-batch into one row without padding (position ids restart per sample); with sdpa, eager or flash_attention_2."
+        },
+    )
+    step_timing: bool = field(
+        default=False,
+        metadata={
+            "help": "Write OUTPUT_DIR/step_timing.rank<R>.json: seconds and tokens per optimizer step, peak memory (read by bench/bench_stage1.py)."
+        },
+    )
 
 
 def _first_char(path: str) -> str:
@@ -145,7 +188,9 @@ class SynthesizerTrainer(transformers.Trainer):
             from transformers.trainer_pt_utils import LengthGroupedSampler
 
             return LengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps, dataset=dataset, lengths=dataset.lengths
+                self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                dataset=dataset,
+                lengths=dataset.lengths,
             )
         return super()._get_train_sampler(train_dataset)
 
@@ -174,7 +219,9 @@ def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArgum
     # The base model is checked from its config.json and its processor (which must expand each image
     # into as many tokens as the model makes features), and reported with the other problems.
     base = _flag_value(argv, "--model_name_or_path", DEFAULT_BASE)
-    model_problem = check_model(base, "synthesizer", "--model_name_or_path") or check_processor(base, "--model_name_or_path")
+    model_problem = check_model(base, "synthesizer", "--model_name_or_path") or check_processor(
+        base, "--model_name_or_path"
+    )
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv + extra)
     except ValueError as e:
@@ -213,13 +260,19 @@ def prepare_data(data_args: DataArguments, training_args: TrainingArguments) -> 
         data_args.blank_image_path = str(Path(training_args.output_dir) / "blank.png")
     with PartialState().main_process_first():
         if PartialState().is_main_process:
-            run_merge_seed(MergeSeedArgs(
-                caption_path=data_args.caption_path, precise_qa_path=data_args.precise_qa_path,
-                informative_qa_path=data_args.informative_qa_path, output=str(output),
-                blank_image_path=data_args.blank_image_path, image_folder=data_args.image_folder,
-                replace_with_blank_image_percent=data_args.replace_with_blank_image_percent,
-                split="train", seed=training_args.seed,
-            ))
+            run_merge_seed(
+                MergeSeedArgs(
+                    caption_path=data_args.caption_path,
+                    precise_qa_path=data_args.precise_qa_path,
+                    informative_qa_path=data_args.informative_qa_path,
+                    output=str(output),
+                    blank_image_path=data_args.blank_image_path,
+                    image_folder=data_args.image_folder,
+                    replace_with_blank_image_percent=data_args.replace_with_blank_image_percent,
+                    split="train",
+                    seed=training_args.seed,
+                )
+            )
     return str(output), True
 
 
@@ -249,14 +302,21 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset = SeedDataset(
-        data_path, processor, data_args.image_folder, data_args.blank_image_path,
-        training_args.model_max_length, out / "train_data.rejects.jsonl", images_checked,
+        data_path,
+        processor,
+        data_args.image_folder,
+        data_args.blank_image_path,
+        training_args.model_max_length,
+        out / "train_data.rejects.jsonl",
+        images_checked,
     )
     if not len(dataset):
         raise ValueError(f"no usable training record in {data_path}; see {out / 'train_data.rejects.jsonl'}")
 
     dtype = torch.bfloat16 if training_args.bf16 else torch.float32
-    levers = choose_levers(model_args.attn_implementation, training_args.padding_free, training_args.use_liger_kernel, dtype)
+    levers = choose_levers(
+        model_args.attn_implementation, training_args.padding_free, training_args.use_liger_kernel, dtype
+    )
     # The Trainer's own Liger hook knows no LLaVA-NeXT (and raises without liger-kernel): ours replaces it.
     training_args.use_liger_kernel = False
     model = load_synthesizer_model(model_args.model_name_or_path, dtype, attn_implementation=levers.attn_implementation)
@@ -300,7 +360,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(out))
         # Stop at <|end_of_text|>: the synthesizer writes <|eot_id|> between its turns.
-        generation = transformers.GenerationConfig.from_pretrained(str(out)) if (out / "generation_config.json").exists() else transformers.GenerationConfig()
+        generation = (
+            transformers.GenerationConfig.from_pretrained(str(out))
+            if (out / "generation_config.json").exists()
+            else transformers.GenerationConfig()
+        )
         generation.eos_token_id = tokenizer.convert_tokens_to_ids(EOS)
         generation.pad_token_id = tokenizer.pad_token_id
         generation.save_pretrained(str(out))
@@ -349,11 +413,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line (from one rank), not a traceback per rank
         if training_args.process_index == 0:
-            print(f"adamllm train: interrupted; the checkpoints saved so far are in {training_args.output_dir} (checkpoint-*); "
-                  "the same command resumes from the last one", file=sys.stderr)
+            print(
+                f"adamllm train: interrupted; the checkpoints saved so far are in {training_args.output_dir} (checkpoint-*); "
+                "the same command resumes from the last one",
+                file=sys.stderr,
+            )
         return 130
     leave_process_group()
     if training_args.process_index == 0:
-        log.info("trained on %d records (%d truncated, %d blank) in %.0f s; saved to %s",
-                 summary["records_used"], summary["truncated"], summary["blank_images"], summary["wall_s"], training_args.output_dir)
+        log.info(
+            "trained on %d records (%d truncated, %d blank) in %.0f s; saved to %s",
+            summary["records_used"],
+            summary["truncated"],
+            summary["blank_images"],
+            summary["wall_s"],
+            training_args.output_dir,
+        )
     return 0

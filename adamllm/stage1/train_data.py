@@ -46,8 +46,15 @@ class Example:
 def conversation_turns(record: dict) -> list[Turn]:
     """The turns of a merge-seed training record (caption round first); RecordError when malformed."""
     conv = record.get("conversations")
-    if not isinstance(conv, list) or len(conv) < 4 or not all(isinstance(t, dict) and t.get("from") in ROLES and isinstance(t.get("value"), str) for t in conv):
-        raise RecordError("bad_schema", 'a training record needs "conversations": a caption round and at least one pair, each {"from": "human"|"gpt", "value"}')
+    if (
+        not isinstance(conv, list)
+        or len(conv) < 4
+        or not all(isinstance(t, dict) and t.get("from") in ROLES and isinstance(t.get("value"), str) for t in conv)
+    ):
+        raise RecordError(
+            "bad_schema",
+            'a training record needs "conversations": a caption round and at least one pair, each {"from": "human"|"gpt", "value"}',
+        )
     turns = [Turn(ROLES[t["from"]], t["value"]) for t in conv]
     if [t.role for t in turns] != [USER, ASSISTANT] * (len(turns) // 2) or len(turns) % 2:
         raise RecordError("bad_schema", "turns must alternate human, gpt, starting with human")
@@ -68,8 +75,14 @@ class SeedDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, data_path: str, processor, image_folder: str, blank_image_path: str, model_max_length: int,
-        rejects_path: Path, images_checked: bool = False,
+        self,
+        data_path: str,
+        processor,
+        image_folder: str,
+        blank_image_path: str,
+        model_max_length: int,
+        rejects_path: Path,
+        images_checked: bool = False,
     ):
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -88,7 +101,10 @@ class SeedDataset(torch.utils.data.Dataset):
                 turns = conversation_turns(record)
                 is_blank = os.path.isabs(record["image"]) or os.sep in record["image"]
                 if is_blank and os.path.abspath(record["image"]) != blank:
-                    raise RecordError("unsafe_image_path", f"{record['image']} is neither a base name in the image folder nor --blank_image_path")
+                    raise RecordError(
+                        "unsafe_image_path",
+                        f"{record['image']} is neither a base name in the image folder nor --blank_image_path",
+                    )
                 path = Path(blank) if is_blank else resolve_image_path(image_folder, record["image"])
                 width, height = image_size(path) if images_checked else check_image(path)
                 image_tokens = image_token_count(processor, width, height)
@@ -118,7 +134,12 @@ class SeedDataset(torch.utils.data.Dataset):
         self.counts.update({f"rejected_{k}": v for k, v in rejects.counts.items()})
         self.rejects_path = rejects.path if rejects.total else None
         if self.counts["truncated"]:
-            log.warning("%d of %d sequences exceed --model_max_length %d and will be truncated", self.counts["truncated"], len(self.examples), model_max_length)
+            log.warning(
+                "%d of %d sequences exceed --model_max_length %d and will be truncated",
+                self.counts["truncated"],
+                len(self.examples),
+                model_max_length,
+            )
 
     @property
     def lengths(self) -> list[int]:
@@ -157,7 +178,9 @@ class Collator:
 
     def __call__(self, items: list[dict]) -> dict:
         tiles = max(x["pixel_values"].shape[0] for x in items)
-        pixel_values = torch.zeros((len(items), tiles, *items[0]["pixel_values"].shape[1:]), dtype=items[0]["pixel_values"].dtype)
+        pixel_values = torch.zeros(
+            (len(items), tiles, *items[0]["pixel_values"].shape[1:]), dtype=items[0]["pixel_values"].dtype
+        )
         for row, x in enumerate(items):
             pixel_values[row, : x["pixel_values"].shape[0]] = x["pixel_values"]
         images = {"pixel_values": pixel_values, "image_sizes": torch.stack([x["image_sizes"] for x in items])}

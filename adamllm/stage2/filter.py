@@ -49,10 +49,24 @@ CANDIDATES = {"yes": " Yes", "no": " No", "open": " Open"}
 
 @dataclass
 class FilterArgs(EngineArgs, ExecutorArgs):
-    data_path: str = field(default="", metadata={"help": "syn_task_triplets.jsonl written by `adamllm synthesize`.", "required": True})
-    output_dir: str = field(default="", metadata={"help": "Where filtered_task_pairs.jsonl, its shards and stats.json go.", "required": True})
-    mode: str = field(default="generate", metadata={"help": "generate: the paper's 2 greedy tokens, first word; logprob: one step, likeliest of Yes/No/Open.", "choices": list(MODES)})
-    prompt_file: str = field(default="", metadata={"help": "Your own filter prompt: a text file holding {Q}, {informative_A} and {precise_A}."})
+    data_path: str = field(
+        default="", metadata={"help": "syn_task_triplets.jsonl written by `adamllm synthesize`.", "required": True}
+    )
+    output_dir: str = field(
+        default="",
+        metadata={"help": "Where filtered_task_pairs.jsonl, its shards and stats.json go.", "required": True},
+    )
+    mode: str = field(
+        default="generate",
+        metadata={
+            "help": "generate: the paper's 2 greedy tokens, first word; logprob: one step, likeliest of Yes/No/Open.",
+            "choices": list(MODES),
+        },
+    )
+    prompt_file: str = field(
+        default="",
+        metadata={"help": "Your own filter prompt: a text file holding {Q}, {informative_A} and {precise_A}."},
+    )
 
     def __post_init__(self):
         errors = check_engine_args(self, "checker") + check_executor_args(self)
@@ -73,7 +87,7 @@ class FilterArgs(EngineArgs, ExecutorArgs):
 
 
 def check_prompt_file(path: str) -> str:
-    """"" when `path` is a usable filter prompt file, else what is wrong with it."""
+    """ "" when `path` is a usable filter prompt file, else what is wrong with it."""
     if not Path(path).is_file():
         return f"--prompt_file {path}: no such file"
     try:
@@ -93,7 +107,10 @@ def collect(record: dict) -> dict:
     triplet = collect_triplet(parse_pairs(pred)) if isinstance(pred, str) else None
     out = {**record, COLLECTED_QA: triplet.to_dict() if triplet else None, CONSISTENCY: None}
     if isinstance(pred, str) and triplet is None:
-        out[ERROR] = {"reason": "no_triplet", "detail": "no question was written with both the precise and the informative hint"}
+        out[ERROR] = {
+            "reason": "no_triplet",
+            "detail": "no question was written with both the precise and the informative hint",
+        }
     return out
 
 
@@ -101,7 +118,9 @@ def candidate_ids(tokenizer) -> dict[str, int]:
     """First token of each verdict word; they must differ, or logprob mode cannot tell them apart."""
     ids = {name: tokenizer(text, add_special_tokens=False).input_ids[0] for name, text in CANDIDATES.items()}
     if len(set(ids.values())) < len(ids):
-        raise RuntimeError(f"the checker's tokenizer starts {CANDIDATES} with the same token {ids}: use --mode generate")
+        raise RuntimeError(
+            f"the checker's tokenizer starts {CANDIDATES} with the same token {ids}: use --mode generate"
+        )
     return ids
 
 
@@ -133,13 +152,17 @@ class FilterStage:
 
     def fingerprint(self) -> dict:
         if self._fingerprint is None:  # the input is hashed once: stats.json records it too
-            self._fingerprint = stage_fingerprint(self.args, prompt_sha256=hashlib.sha256(self.template.encode()).hexdigest())
+            self._fingerprint = stage_fingerprint(
+                self.args, prompt_sha256=hashlib.sha256(self.template.encode()).hexdigest()
+            )
         return self._fingerprint
 
     def load(self):
         # A run whose records hold no triplet at all (a failed synthesis) never pays for loading the
         # checker; the scan stops at the first triplet, so it costs nothing otherwise.
-        if not any(isinstance(r, dict) and collect(r)[COLLECTED_QA] is not None for r in read_jsonl(self.args.data_path)):
+        if not any(
+            isinstance(r, dict) and collect(r)[COLLECTED_QA] is not None for r in read_jsonl(self.args.data_path)
+        ):
             return None, None
         engine = build_engine(self.args, multimodal=False)
         self.tokenizer = engine.tokenizer
@@ -161,7 +184,10 @@ class FilterStage:
         # A token covers one UTF-8 byte at least, so only a prompt with more bytes than the room (+2:
         # BOS, a SentencePiece word prefix) can be too long: the others are not tokenized twice. A huge
         # one is refused from a bounded prefix.
-        if len(prompt.encode("utf-8", "surrogatepass")) + 2 > self.room and (count := count_tokens(self.tokenizer, prompt, self.room)).n > self.room:
+        if (
+            len(prompt.encode("utf-8", "surrogatepass")) + 2 > self.room
+            and (count := count_tokens(self.tokenizer, prompt, self.room)).n > self.room
+        ):
             over = "" if count.whole else f"a prompt of {len(prompt):,} characters: over "
             raise RecordError(
                 "prompt_too_long",

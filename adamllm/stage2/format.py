@@ -111,7 +111,9 @@ def kept_triplet(record: dict) -> tuple[Triplet | None, str]:
     qa = record.get(COLLECTED_QA)
     if qa is None:
         return None, "no_triplet"
-    if not isinstance(qa, dict) or not all(isinstance(qa.get(k), str) and qa[k].strip() for k in ("Q", "precise_A", "informative_A")):
+    if not isinstance(qa, dict) or not all(
+        isinstance(qa.get(k), str) and qa[k].strip() for k in ("Q", "precise_A", "informative_A")
+    ):
         return None, "bad_collected_QA"
     verdict = record.get(CONSISTENCY)
     if verdict != "yes":
@@ -124,12 +126,31 @@ def kept_triplet(record: dict) -> tuple[Triplet | None, str]:
 
 @dataclass(kw_only=True)
 class FormatArgs(CurationArgs):
-    data_path: str = field(metadata={"help": "filtered_task_pairs.jsonl written by `adamllm filter` (or any file of records with the stage-2 fields)."})
+    data_path: str = field(
+        metadata={
+            "help": "filtered_task_pairs.jsonl written by `adamllm filter` (or any file of records with the stage-2 fields)."
+        }
+    )
     image_folder: str = field(metadata={"help": "Folder the records' image paths are relative to."})
-    output: str = field(metadata={"help": "The post-training JSON file to write, e.g. OUT/image_caption_and_synthetic_task.json."})
-    train_on_syn_only: bool = field(default=False, metadata={"help": "Keep only records with a kept synthetic task, without their caption task."})
-    style: str = field(default="llamafactory", metadata={"help": "llamafactory: ShareGPT messages + images (paths relative to the output file); llava: LLaVA conversations (paths relative to the image folder).", "choices": list(STYLES)})
-    seed: int = field(default=42, metadata={"help": "Seed of the per-record template choice and caption placement, and of which duplicates keep their task (--dedup)."})
+    output: str = field(
+        metadata={"help": "The post-training JSON file to write, e.g. OUT/image_caption_and_synthetic_task.json."}
+    )
+    train_on_syn_only: bool = field(
+        default=False, metadata={"help": "Keep only records with a kept synthetic task, without their caption task."}
+    )
+    style: str = field(
+        default="llamafactory",
+        metadata={
+            "help": "llamafactory: ShareGPT messages + images (paths relative to the output file); llava: LLaVA conversations (paths relative to the image folder).",
+            "choices": list(STYLES),
+        },
+    )
+    seed: int = field(
+        default=42,
+        metadata={
+            "help": "Seed of the per-record template choice and caption placement, and of which duplicates keep their task (--dedup)."
+        },
+    )
 
     def __post_init__(self):
         errors = []
@@ -167,7 +188,9 @@ def record_syn_id(record: dict, index: int, seen: set[int]) -> int:
     if problem := syn_id_problem(syn_id):
         raise RecordError("bad_schema", problem)
     if syn_id in seen:
-        raise RecordError("duplicate_syn_id", f"syn_id {syn_id} was already formatted from an earlier record; this repeat is left out")
+        raise RecordError(
+            "duplicate_syn_id", f"syn_id {syn_id} was already formatted from an earlier record; this repeat is left out"
+        )
     seen.add(syn_id)
     return syn_id
 
@@ -200,23 +223,48 @@ def examine(record, index: int, args: FormatArgs, seen: set[int]) -> Examined:
         found.yes_prob = yes_prob(record.get(LOGPROBS))
         if found.yes_prob is None:
             found.triplet, found.missing = None, NO_YES_PROB
-            found.detail = f"no usable {LOGPROBS} (the Yes / No / Open log-probabilities) to check --min_yes_prob against"
+            found.detail = (
+                f"no usable {LOGPROBS} (the Yes / No / Open log-probabilities) to check --min_yes_prob against"
+            )
         elif found.yes_prob < args.min_yes_prob - 1e-9:  # float noise of the softmax is not below the threshold
             found.triplet, found.missing = None, LOW_YES_PROB
             found.detail = f"P(yes) = {found.yes_prob:.4f}, below --min_yes_prob {args.min_yes_prob}"
     return found
 
 
-def log_curation(curation: Rejects, index: int, syn_id: int, reason: str, detail: str, question: str,
-                 yes_prob: float | None, duplicate_of: int | None) -> None:
+def log_curation(
+    curation: Rejects,
+    index: int,
+    syn_id: int,
+    reason: str,
+    detail: str,
+    question: str,
+    yes_prob: float | None,
+    duplicate_of: int | None,
+) -> None:
     """A line of OUTPUT's .curation.jsonl: a record whose synthetic task curation removed (the record
     itself is in the output, with its caption task), written as it comes, in input order."""
-    curation.add(reason, detail, index=index, syn_id=syn_id, Q=question,
-                 yes_prob=None if yes_prob is None else round(yes_prob, 6), duplicate_of=duplicate_of)
+    curation.add(
+        reason,
+        detail,
+        index=index,
+        syn_id=syn_id,
+        Q=question,
+        yes_prob=None if yes_prob is None else round(yes_prob, 6),
+        duplicate_of=duplicate_of,
+    )
 
 
-def build_record(record: dict, index: int, args: FormatArgs, out_dir: Path, summary: FormatSummary, seen: set[int],
-                 deduper: Deduper | None = None, curation: Rejects | None = None) -> dict | None:
+def build_record(
+    record: dict,
+    index: int,
+    args: FormatArgs,
+    out_dir: Path,
+    summary: FormatSummary,
+    seen: set[int],
+    deduper: Deduper | None = None,
+    curation: Rejects | None = None,
+) -> dict | None:
     """One post-training record, or None when the record has nothing to train on (syn-only mode)."""
     found = examine(record, index, args, seen)
     pair, syn_id = found.pair, found.syn_id
@@ -294,12 +342,20 @@ def curation_summary(args: FormatArgs, deduper: Deduper | None, summary: FormatS
         out.update(dedup=args.dedup, max_per_question=args.max_per_question, seed=args.seed)
         if args.dedup == "near":
             out.update(near_threshold=args.near_threshold, near_ngram=args.near_ngram, num_perm=NUM_PERM)
-        out.update(questions_seen=deduper.seen, questions_distinct=deduper.distinct, dropped_duplicate=curation.counts[DUPLICATE_QUESTION])
+        out.update(
+            questions_seen=deduper.seen,
+            questions_distinct=deduper.distinct,
+            dropped_duplicate=curation.counts[DUPLICATE_QUESTION],
+        )
     if args.min_yes_prob > 0:
         dropped = curation.counts[LOW_YES_PROB]
         missing = curation.counts[NO_YES_PROB]
-        out.update(min_yes_prob=args.min_yes_prob, yes_prob_checked=summary.synthetic_tasks + curation.counts[DUPLICATE_QUESTION] + dropped,
-                   dropped_low_yes_prob=dropped, no_yes_prob=missing)
+        out.update(
+            min_yes_prob=args.min_yes_prob,
+            yes_prob_checked=summary.synthetic_tasks + curation.counts[DUPLICATE_QUESTION] + dropped,
+            dropped_low_yes_prob=dropped,
+            no_yes_prob=missing,
+        )
     if out:
         out["file"] = str(run_folder.curation_path(args.output)) if sum(curation.counts.values()) else ""
     return out
@@ -338,7 +394,13 @@ def _format(args: FormatArgs) -> FormatSummary:
     stem = run_folder.stem(output.name)
     # Every file format writes: replaced together at the end, so that an interrupt or a failure
     # leaves the last run's files as they were, never this output beside that run's summary.
-    files = (output, run_folder.summary_path(output), out_dir / run_folder.DATASET_INFO_FILE, run_folder.rejects_path(output), run_folder.curation_path(output))
+    files = (
+        output,
+        run_folder.summary_path(output),
+        out_dir / run_folder.DATASET_INFO_FILE,
+        run_folder.rejects_path(output),
+        run_folder.curation_path(output),
+    )
     clean_stale_tmp(out_dir, tuple(tmp_pattern(f) for f in files))  # what a killed run of this command left
     read_dataset_info(files[2])  # a damaged one is named before any work
     source = file_record(args.data_path, file_sha256(args.data_path))
@@ -356,7 +418,9 @@ def _format(args: FormatArgs) -> FormatSummary:
             for index, record in enumerate(tqdm(iter_input_records(args.data_path), desc="format", unit="rec")):
                 summary.records_in += 1
                 try:
-                    built = build_record(record, index, args, out_dir, summary, seen, deduper, curation if curating else None)
+                    built = build_record(
+                        record, index, args, out_dir, summary, seen, deduper, curation if curating else None
+                    )
                 except RecordError as e:
                     rejects.add(e.reason, e.detail, record, index=index)
                     continue
@@ -378,7 +442,11 @@ def _format(args: FormatArgs) -> FormatSummary:
         write_json(tmp_summary, asdict(summary))
     log.info(
         "format: %d records in, %d written (%d with a synthetic task), %d rejected %s%s",
-        summary.records_in, summary.records_out, summary.synthetic_tasks, rejects.total, summary.rejected,
+        summary.records_in,
+        summary.records_out,
+        summary.synthetic_tasks,
+        rejects.total,
+        summary.rejected,
         f"; curation {dict(curation.counts)}" if curating else "",
     )
     return summary

@@ -28,7 +28,6 @@ from adamllm.stage2.synthesize import SynthesizeArgs, run_synthesize
 log = logging.getLogger(__name__)
 
 
-
 def same_as(cls: type, name: str):
     """A field of `adamllm run` that is a stage's own flag: its default and help are taken from that
     stage's argument class, so they are said in one place."""
@@ -41,11 +40,34 @@ class RunArgs(EngineSettings, ExecutorArgs, CurationArgs):
     """`adamllm run`: the engine and executor flags are those of synthesize and filter (inherited, so
     their help and checks are the same); the rest names the two models and what format does."""
 
-    synthesizer: str = field(default="", metadata={"help": "Synthesizer folder or hub id, e.g. AdaptLLM/visual-instruction-synthesizer.", "required": True})
-    checker: str = field(default="", metadata={"help": "Consistency checker (a text LLM) folder or hub id, e.g. meta-llama/Meta-Llama-3-8B.", "required": True})
-    data_path: str = field(default="", metadata={"help": "Image-caption pairs: a JSON list (or JSONL) of {images, messages} records.", "required": True})
-    image_folder: str = field(default="", metadata={"help": "Folder the records' image paths are relative to.", "required": True})
-    output_dir: str = field(default="", metadata={"help": "Where every stage writes (see README: files each stage writes).", "required": True})
+    synthesizer: str = field(
+        default="",
+        metadata={
+            "help": "Synthesizer folder or hub id, e.g. AdaptLLM/visual-instruction-synthesizer.",
+            "required": True,
+        },
+    )
+    checker: str = field(
+        default="",
+        metadata={
+            "help": "Consistency checker (a text LLM) folder or hub id, e.g. meta-llama/Meta-Llama-3-8B.",
+            "required": True,
+        },
+    )
+    data_path: str = field(
+        default="",
+        metadata={
+            "help": "Image-caption pairs: a JSON list (or JSONL) of {images, messages} records.",
+            "required": True,
+        },
+    )
+    image_folder: str = field(
+        default="", metadata={"help": "Folder the records' image paths are relative to.", "required": True}
+    )
+    output_dir: str = field(
+        default="",
+        metadata={"help": "Where every stage writes (see README: files each stage writes).", "required": True},
+    )
     max_new_tokens: int = same_as(SynthesizeArgs, "max_new_tokens")
     limit: int = same_as(SynthesizeArgs, "limit")
     max_batch_pixels: int = same_as(SynthesizeArgs, "max_batch_pixels")
@@ -56,7 +78,11 @@ class RunArgs(EngineSettings, ExecutorArgs, CurationArgs):
     seed: int = same_as(FormatArgs, "seed")
 
     def __post_init__(self):
-        errors = [f"--{n} is required" for n in ("synthesizer", "checker", "data_path", "image_folder", "output_dir") if not getattr(self, n)]
+        errors = [
+            f"--{n} is required"
+            for n in ("synthesizer", "checker", "data_path", "image_folder", "output_dir")
+            if not getattr(self, n)
+        ]
         # Both models are checked before any work: a wrong checker must not wait for synthesis to end.
         for flag, role in (("synthesizer", "synthesizer"), ("checker", "checker")):
             if getattr(self, flag):
@@ -70,10 +96,14 @@ class RunArgs(EngineSettings, ExecutorArgs, CurationArgs):
         if self.prompt_file:
             errors.append(check_prompt_file(self.prompt_file))
         if self.shard_index >= 0:
-            errors.append("--shard_index: run one shard per job with `adamllm synthesize` and `adamllm filter`, then `adamllm format`")
+            errors.append(
+                "--shard_index: run one shard per job with `adamllm synthesize` and `adamllm filter`, then `adamllm format`"
+            )
         errors += check_executor_args(self) + check_engine_settings(self) + self.curation_errors()
         if self.min_yes_prob > 0 and self.mode != "logprob":
-            errors.append(f"--min_yes_prob {self.min_yes_prob} needs the checker's log-probabilities: add --mode logprob")
+            errors.append(
+                f"--min_yes_prob {self.min_yes_prob} needs the checker's log-probabilities: add --mode logprob"
+            )
         errors = [e for e in errors if e]
         if errors:
             raise ValueError("; ".join(errors))
@@ -110,21 +140,34 @@ def _run_stages(args: RunArgs, out: Path) -> dict:
     stats = {}
     with stage("synthesize"):
         synth = SynthesizeArgs(
-            model=args.synthesizer, data_path=args.data_path, image_folder=args.image_folder, output_dir=str(out),
-            max_new_tokens=args.max_new_tokens, limit=args.limit, max_batch_pixels=args.max_batch_pixels,
+            model=args.synthesizer,
+            data_path=args.data_path,
+            image_folder=args.image_folder,
+            output_dir=str(out),
+            max_new_tokens=args.max_new_tokens,
+            limit=args.limit,
+            max_batch_pixels=args.max_batch_pixels,
             **args.engine_fields(),
         )
         stats["synthesize"] = run_synthesize(synth)
     with stage("filter"):
         filt = FilterArgs(
-            model=args.checker, data_path=str(out / TRIPLETS_FILE), output_dir=str(out), mode=args.mode,
-            prompt_file=args.prompt_file, **args.engine_fields(),
+            model=args.checker,
+            data_path=str(out / TRIPLETS_FILE),
+            output_dir=str(out),
+            mode=args.mode,
+            prompt_file=args.prompt_file,
+            **args.engine_fields(),
         )
         stats["filter"] = run_filter(filt)
     with stage("format"):
         fmt = FormatArgs(
-            data_path=str(out / FILTERED_FILE), image_folder=args.image_folder, output=str(out / FINAL_FILE),
-            train_on_syn_only=args.train_on_syn_only, style=args.style, seed=args.seed,
+            data_path=str(out / FILTERED_FILE),
+            image_folder=args.image_folder,
+            output=str(out / FINAL_FILE),
+            train_on_syn_only=args.train_on_syn_only,
+            style=args.style,
+            seed=args.seed,
             **{f.name: getattr(args, f.name) for f in fields(CurationArgs)},
         )
         run_format(fmt)  # it writes its stats.json entry, as the model stages do

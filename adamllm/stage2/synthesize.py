@@ -49,13 +49,35 @@ OUTPUT_FILE = run_folder.TRIPLETS_FILE
 
 @dataclass
 class SynthesizeArgs(EngineArgs, ExecutorArgs):
-    data_path: str = field(default="", metadata={"help": "Image-caption pairs: a JSON list (or JSONL) of {images, messages} records.", "required": True})
-    image_folder: str = field(default="", metadata={"help": "Folder the records' image paths are relative to.", "required": True})
-    output_dir: str = field(default="", metadata={"help": "Where syn_task_triplets.jsonl, its shards and stats.json go.", "required": True})
+    data_path: str = field(
+        default="",
+        metadata={
+            "help": "Image-caption pairs: a JSON list (or JSONL) of {images, messages} records.",
+            "required": True,
+        },
+    )
+    image_folder: str = field(
+        default="", metadata={"help": "Folder the records' image paths are relative to.", "required": True}
+    )
+    output_dir: str = field(
+        default="", metadata={"help": "Where syn_task_triplets.jsonl, its shards and stats.json go.", "required": True}
+    )
     max_new_tokens: int = field(default=512, metadata={"help": "Most tokens the synthesizer writes per record."})
-    limit: int = field(default=0, metadata={"help": "Only the first N records (0: all). Replaces the release's --stop."})
-    dry_run: bool = field(default=False, metadata={"help": "Load only the processor; write OUTPUT_DIR/prompts.jsonl with exactly what the model would see."})
-    max_batch_pixels: int = field(default=256_000_000, metadata={"help": "Most decoded image pixels held at once: a batch whose images hold more goes to the engine in parts (the model sees the same images; memory is ~3 bytes a pixel)."})
+    limit: int = field(
+        default=0, metadata={"help": "Only the first N records (0: all). Replaces the release's --stop."}
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Load only the processor; write OUTPUT_DIR/prompts.jsonl with exactly what the model would see."
+        },
+    )
+    max_batch_pixels: int = field(
+        default=256_000_000,
+        metadata={
+            "help": "Most decoded image pixels held at once: a batch whose images hold more goes to the engine in parts (the model sees the same images; memory is ~3 bytes a pixel)."
+        },
+    )
 
     def __post_init__(self):
         errors = check_engine_args(self, "synthesizer") + check_executor_args(self)
@@ -73,7 +95,9 @@ class SynthesizeArgs(EngineArgs, ExecutorArgs):
         if self.limit < 0:
             errors.append(f"--limit {self.limit}: must be >= 0")
         if self.max_batch_pixels < 1:
-            errors.append(f"--max_batch_pixels {self.max_batch_pixels}: must be >= 1 (an image larger than this goes to the engine alone)")
+            errors.append(
+                f"--max_batch_pixels {self.max_batch_pixels}: must be >= 1 (an image larger than this goes to the engine alone)"
+            )
         if errors:
             raise ValueError("; ".join(errors))
         # Recorded absolute (stats.json, workers, the report): a run's own folder then names its
@@ -116,13 +140,17 @@ class Prompter:
         image_tokens = image_token_count(self.processor, width, height)
         room = self.args.max_model_len - text_tokens - image_tokens
         if room < 1:
-            over, caption = ("", "") if count.whole else ("over ", f", and a caption of {len(pair.caption):,} characters")
+            over, caption = (
+                ("", "") if count.whole else ("over ", f", and a caption of {len(pair.caption):,} characters")
+            )
             raise RecordError(
                 "prompt_too_long",
                 f"{over}{text_tokens + image_tokens} prompt tokens ({image_tokens} for the image{caption}) leave no room under "
                 f"--max_model_len {self.args.max_model_len}; shorten the caption or raise --max_model_len",
             )
-        request = Request(prompt=prompt, max_tokens=min(room, self.args.max_new_tokens), image_path=path, pixels=width * height)
+        request = Request(
+            prompt=prompt, max_tokens=min(room, self.args.max_new_tokens), image_path=path, pixels=width * height
+        )
         return request, pair
 
 
@@ -189,7 +217,11 @@ class SynthesizeStage:
         # Its path passed every check when it was made: a stat is enough to see the file replaced (a
         # resume of millions of records cannot resolve each path again), and a redo checks it anew.
         images = output.get("images")
-        path = os.path.join(self.args.image_folder, images[0]) if isinstance(images, list) and images and isinstance(images[0], str) else None
+        path = (
+            os.path.join(self.args.image_folder, images[0])
+            if isinstance(images, list) and images and isinstance(images[0], str)
+            else None
+        )
         return image_stat(path) != recorded
 
     def kept(self, output: dict) -> bool:
@@ -223,8 +255,11 @@ def dry_run(args: SynthesizeArgs) -> dict:
             extra_turns += pair.extra_turns
     rejects.close()
     return {
-        "records_in": written + rejects.total, "records_out": written, "rejected": dict(rejects.counts),
-        "special_tokens_stripped": stripped, "extra_turns_dropped": extra_turns,
+        "records_in": written + rejects.total,
+        "records_out": written,
+        "rejected": dict(rejects.counts),
+        "special_tokens_stripped": stripped,
+        "extra_turns_dropped": extra_turns,
     }
 
 

@@ -126,7 +126,10 @@ def make_seed_fixtures(out_dir: str | Path, num_images: int, seed: int = 0) -> d
         record = {
             "id": f"cap_{i}",
             "image": f"allava_vflan/images/images_191task_1k/{name}",
-            "conversations": [{"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": text}],
+            "conversations": [
+                {"from": "human", "value": "<image>\nDescribe the image."},
+                {"from": "gpt", "value": text},
+            ],
         }
         if i % 2 == 0:
             record["caption"] = text

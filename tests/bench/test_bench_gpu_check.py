@@ -17,8 +17,19 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_stage2  # noqa: E402
 
-STEPS = ["env", "tiny_models", "seed_fixtures", "stage1_tune", "stage2_vllm", "stage2_hf", "filter_vllm", "filter_hf",
-         "bench_stage1_zero2", "bench_stage1_zero3", "bench_stage2"]
+STEPS = [
+    "env",
+    "tiny_models",
+    "seed_fixtures",
+    "stage1_tune",
+    "stage2_vllm",
+    "stage2_hf",
+    "filter_vllm",
+    "filter_hf",
+    "bench_stage1_zero2",
+    "bench_stage1_zero3",
+    "bench_stage2",
+]
 
 
 def table(out: Path) -> dict[str, list[str]]:
@@ -33,8 +44,14 @@ def table(out: Path) -> dict[str, list[str]]:
 def run_check(out: Path, python: str, timeout: int) -> subprocess.CompletedProcess:
     env = dict(os.environ, GPU_CHECK_SMALL="1", PYTHON=python, MASTER_PORT="29671")
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    return subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(out)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
+    )
 
 
 def failed_logs(out: Path) -> str:
@@ -92,9 +109,26 @@ def test_bench_stage2_gpu_mode_path_at_tiny_shapes(tmp_path):
     its own process, FLOPs and the table) on a CPU; random weights run every output to max_new_tokens."""
     result = tmp_path / "rows.json"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_stage2.py"), "--small", "--engine", "hf", "--num_pairs", "3",
-         "--max_new_tokens", "4", "--peak_tflops", "1", "--json", str(result), "--work", str(tmp_path / "work")],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_stage2.py"),
+            "--small",
+            "--engine",
+            "hf",
+            "--num_pairs",
+            "3",
+            "--max_new_tokens",
+            "4",
+            "--peak_tflops",
+            "1",
+            "--json",
+            str(result),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     header = "engine | settings | pairs | wall s | pairs/s | prompt tok/pair | prefill tok/s | decode tok/s | prefill MFU | load s"
@@ -128,7 +162,9 @@ def test_flops_at_the_8b_shapes_and_the_engine_choice():
 
 
 def test_pass_through_flags_and_compare():
-    args, extra, _ = bench_stage2.parse_args(["--max_num_seqs", "128", "--compare", "quantization=,fp8", "--", "--no-prefix_caching"])
+    args, extra, _ = bench_stage2.parse_args(
+        ["--max_num_seqs", "128", "--compare", "quantization=,fp8", "--", "--no-prefix_caching"]
+    )
     assert bench_stage2.row_flags(args) == [
         ("max_num_seqs=128 quantization=none", ["--max_num_seqs", "128"]),
         ("max_num_seqs=128 quantization=fp8", ["--max_num_seqs", "128", "--quantization", "fp8"]),

@@ -20,9 +20,25 @@ def test_small_bench_trains_through_adamllm_train_and_prints_sane_numbers(tmp_pa
     env = dict(os.environ)
     env.pop("CUDA_VISIBLE_DEVICES", None)
     run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_stage1.py"), "--small", "--work_dir", str(tmp_path), "--steps", "4",
-         "--warmup_steps", "1", "--peak_tflops", "0.1", "--port", "29661"],
-        capture_output=True, text=True, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_stage1.py"),
+            "--small",
+            "--work_dir",
+            str(tmp_path),
+            "--steps",
+            "4",
+            "--warmup_steps",
+            "1",
+            "--peak_tflops",
+            "0.1",
+            "--port",
+            "29661",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     header = "ZeRO | attention + levers | processes | batch | params | tokens/sample | padding | timed steps | s/step | tokens/s | MFU | peak memory/rank"
@@ -58,18 +74,42 @@ def test_default_configuration_is_the_8b_layer_shapes():
     info = bench_stage1.model_info(model, Path("x"))
     assert (shapes.layers, shapes.vision_layers) == (8, 24) and round(info.params / 1e9, 2) == 3.12
     text, vision = config.text_config, config.vision_config
-    assert (text.vocab_size, text.hidden_size, text.intermediate_size, text.num_attention_heads, text.num_key_value_heads) == (128256, 4096, 14336, 32, 8)
-    assert text.rope_parameters["rope_theta"] == 500000.0 and (vision.hidden_size, vision.intermediate_size, vision.num_attention_heads) == (1024, 4096, 16)
-    assert (vision.image_size, vision.patch_size, config.vision_feature_layer, config.projector_hidden_act) == (336, 14, -2, "gelu")
+    assert (
+        text.vocab_size,
+        text.hidden_size,
+        text.intermediate_size,
+        text.num_attention_heads,
+        text.num_key_value_heads,
+    ) == (128256, 4096, 14336, 32, 8)
+    assert text.rope_parameters["rope_theta"] == 500000.0 and (
+        vision.hidden_size,
+        vision.intermediate_size,
+        vision.num_attention_heads,
+    ) == (1024, 4096, 16)
+    assert (vision.image_size, vision.patch_size, config.vision_feature_layer, config.projector_hidden_act) == (
+        336,
+        14,
+        -2,
+        "gelu",
+    )
     processor = bench_stage1.make_processor(shapes, tokenizer)
     assert image_token_count(processor, shapes.picture, shapes.picture) == 2928  # the pictures fill the 2x2 grid
 
 
-@pytest.mark.parametrize(("name", "tflops"), [
-    ("NVIDIA H200", 989.4), ("NVIDIA H200 NVL", 835.0), ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756.0),
-    ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA L40S", 362.0), ("NVIDIA L4", 121.0), ("NVIDIA GH200 480GB", 989.4),
-    ("Tesla V100-SXM2-32GB", None),
-])
+@pytest.mark.parametrize(
+    ("name", "tflops"),
+    [
+        ("NVIDIA H200", 989.4),
+        ("NVIDIA H200 NVL", 835.0),
+        ("NVIDIA H100 80GB HBM3", 989.4),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA L40S", 362.0),
+        ("NVIDIA L4", 121.0),
+        ("NVIDIA GH200 480GB", 989.4),
+        ("Tesla V100-SXM2-32GB", None),
+    ],
+)
 def test_peak_tflops_from_the_device_name(name, tflops):
     assert bench_stage1.peak_tflops(name) == tflops
 

@@ -33,13 +33,20 @@ def test_fixtures_then_merge_seed_with_dash_flags(tmp_path):
     s = tmp_path / "s"
     result = adamllm(
         "merge-seed",
-        "--caption-path", str(s / "ALLaVA-Caption-VFLAN-4V.json"),
-        "--precise_qa_path", str(s / "vflan_metadata.json"),
-        "--informative_qa_path", str(s / "ALLaVA-Instruct-VFLAN-4V.json"),
-        "--blank_image_path", str(tmp_path / "blank.png"),
-        "--replace_with_blank_image_percent", "10",
-        "--split", "train",
-        "--output", str(tmp_path / "train.json"),
+        "--caption-path",
+        str(s / "ALLaVA-Caption-VFLAN-4V.json"),
+        "--precise_qa_path",
+        str(s / "vflan_metadata.json"),
+        "--informative_qa_path",
+        str(s / "ALLaVA-Instruct-VFLAN-4V.json"),
+        "--blank_image_path",
+        str(tmp_path / "blank.png"),
+        "--replace_with_blank_image_percent",
+        "10",
+        "--split",
+        "train",
+        "--output",
+        str(tmp_path / "train.json"),
     )
     assert result.returncode == 0, result.stderr
     assert "train records" in result.stdout
@@ -57,7 +64,23 @@ def test_dataclass_flags_parse_with_dash_aliases_and_no_switches(tmp_path):
     (model / "config.json").write_text('{"model_type": "llama"}')
     parser = argparse.ArgumentParser()
     add_dataclass_arguments(parser, FilterArgs)
-    args = dataclass_from_namespace(FilterArgs, parser.parse_args(["--model", str(model), "--data_path", __file__, "--output_dir", "o", "--no-prefix_caching", "--num-shards", "3"]), parser)
+    args = dataclass_from_namespace(
+        FilterArgs,
+        parser.parse_args(
+            [
+                "--model",
+                str(model),
+                "--data_path",
+                __file__,
+                "--output_dir",
+                "o",
+                "--no-prefix_caching",
+                "--num-shards",
+                "3",
+            ]
+        ),
+        parser,
+    )
     assert args.prefix_caching is False and args.num_shards == 3 and args.enforce_eager == "auto"
 
 
@@ -66,10 +89,26 @@ def test_seed_is_an_alias_of_engine_seed_in_the_model_stages_and_formats_seed_in
 
     parser = build_parser()
     synth = ["synthesize", "--model", "m", "--data_path", "d", "--image_folder", "i", "--output_dir", "o"]
-    assert parser.parse_args([*synth, "--seed", "5"]).engine_seed == parser.parse_args([*synth, "--engine_seed", "5"]).engine_seed == 5
+    assert (
+        parser.parse_args([*synth, "--seed", "5"]).engine_seed
+        == parser.parse_args([*synth, "--engine_seed", "5"]).engine_seed
+        == 5
+    )
     filt = ["filter", "--model", "m", "--data_path", "d", "--output_dir", "o"]
     assert parser.parse_args([*filt, "--seed", "6"]).engine_seed == 6
-    run = ["run", "--synthesizer", "s", "--checker", "c", "--data_path", "d", "--image_folder", "i", "--output_dir", "o"]
+    run = [
+        "run",
+        "--synthesizer",
+        "s",
+        "--checker",
+        "c",
+        "--data_path",
+        "d",
+        "--image_folder",
+        "i",
+        "--output_dir",
+        "o",
+    ]
     ns = parser.parse_args([*run, "--seed", "7", "--engine_seed", "3"])
     assert (ns.seed, ns.engine_seed) == (7, 3)
     assert (parser.parse_args(run).seed, parser.parse_args(run).engine_seed) == (42, 0)

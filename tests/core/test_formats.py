@@ -14,7 +14,9 @@ def test_json_list_streams_across_chunk_boundaries(tmp_path, chunk, monkeypatch)
     records = [{"i": i, "text": "x" * (i * 3) + ', "] [ {'} for i in range(50)]
     path = tmp_path / "a.json"
     path.write_text(json.dumps(records, indent=1))
-    monkeypatch.setattr(jsonfiles, "iter_json_array", lambda fh, p, chunk_size=chunk, f=jsonfiles.iter_json_array: f(fh, p, chunk))
+    monkeypatch.setattr(
+        jsonfiles, "iter_json_array", lambda fh, p, chunk_size=chunk, f=jsonfiles.iter_json_array: f(fh, p, chunk)
+    )
     assert list(jsonfiles.iter_json_records(path)) == records
 
 
@@ -37,7 +39,10 @@ def test_broken_json_names_file_and_place(tmp_path):
 
 
 def pair(caption="A cake.", images=("cake.jpg",), user="<image>\nDescribe the image."):
-    return {"images": list(images), "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": caption}]}
+    return {
+        "images": list(images),
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": caption}],
+    }
 
 
 def test_caption_pair_read():
@@ -52,7 +57,13 @@ def test_caption_pair_read():
         ({"messages": []}, "bad_schema"),
         (pair(images=()), "bad_schema"),
         (pair(images=("a.jpg", "b.jpg")), "multiple_images"),
-        ({"images": ["a.jpg"], "messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]}, "bad_schema"),
+        (
+            {
+                "images": ["a.jpg"],
+                "messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}],
+            },
+            "bad_schema",
+        ),
         ({"images": ["a.jpg"], "messages": [{"role": "user", "content": "x"}]}, "bad_schema"),
         (pair(caption="   "), "no_caption"),
         (pair(caption="<|eot_id|>"), "no_caption"),

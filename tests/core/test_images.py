@@ -32,8 +32,10 @@ def folder(tmp_path):
 
 def png_header_claiming(width, height):
     """A tiny PNG file whose header claims a huge size (a decompression bomb)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
@@ -99,11 +101,14 @@ def gradient(dtype, low, high, shape=(12, 40)):
     return np.linspace(low, high, shape[0] * shape[1]).astype(dtype).reshape(shape)
 
 
-@pytest.mark.parametrize("name, dtype, low, high, mode", [
-    ("scan16.png", "uint16", 0, 57000, "I;16"),
-    ("scan32.tiff", "int32", -2_000_000_000, 2_100_000_000, "I"),
-    ("scanf.tiff", "float32", -3.5, 1e6, "F"),
-])
+@pytest.mark.parametrize(
+    "name, dtype, low, high, mode",
+    [
+        ("scan16.png", "uint16", 0, 57000, "I;16"),
+        ("scan32.tiff", "int32", -2_000_000_000, 2_100_000_000, "I"),
+        ("scanf.tiff", "float32", -3.5, 1e6, "F"),
+    ],
+)
 def test_wide_images_are_scaled_by_their_range_not_clipped(folder, name, dtype, low, high, mode):
     import numpy as np
 

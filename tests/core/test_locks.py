@@ -23,7 +23,9 @@ with hold_lock(sys.argv[1], "the thing", shared=sys.argv[2] == "shared"):
 
 def holder(path, mode="exclusive"):
     """A process holding the lock until its stdin closes."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline() == "held\n"
     return proc
 
@@ -40,9 +42,14 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path):
         with hold_lock(path, "OUT/x.jsonl (the synthesize stage)"):
             pass
     message = str(error.value)
-    assert message.startswith(f"OUT/x.jsonl (the synthesize stage) is locked by another run: process {proc.pid} on {socket.gethostname()} has held it since ")
+    assert message.startswith(
+        f"OUT/x.jsonl (the synthesize stage) is locked by another run: process {proc.pid} on {socket.gethostname()} has held it since "
+    )
     assert f"({sys.executable} -c " in message and f" {path} exclusive)" in message  # the holder's command line
-    assert "Wait for that run to end, or stop it (a run that died holds no lock); to run both at once, give this one another output folder" in message
+    assert (
+        "Wait for that run to end, or stop it (a run that died holds no lock); to run both at once, give this one another output folder"
+        in message
+    )
     release(proc)
     assert not path.exists(), "an exclusive holder removes its lock file as it lets go"
     with hold_lock(path, "x"):

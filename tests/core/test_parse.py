@@ -83,7 +83,16 @@ def test_end_to_end_parse_and_collect():
 
 @pytest.mark.parametrize(
     "text, verdict",
-    [(" Yes", "yes"), (" No\n", "no"), ("open ended", "open"), ("YES it", "yes"), ("Yes.", "invalid"), ("", "invalid"), ("Maybe", "invalid"), ("\n", "invalid")],
+    [
+        (" Yes", "yes"),
+        (" No\n", "no"),
+        ("open ended", "open"),
+        ("YES it", "yes"),
+        ("Yes.", "invalid"),
+        ("", "invalid"),
+        ("Maybe", "invalid"),
+        ("\n", "invalid"),
+    ],
 )
 def test_verdict(text, verdict):
     assert parse_verdict(text) == verdict

@@ -60,7 +60,9 @@ def test_filter_query_golden():
 def test_default_filter_prompt_golden_shape():
     text = prompts.filter_prompt("How many dogs?", "There are two dogs, so 2.", "2")
     assert text.startswith(prompts.FILTER_INSTRUCTION + "\n\n## Question: ")
-    assert text.endswith("## Question: How many dogs?\n## Informative Answer: There are two dogs, so 2.\n## Precise Answer: 2\n## Consistent:")
+    assert text.endswith(
+        "## Question: How many dogs?\n## Informative Answer: There are two dogs, so 2.\n## Precise Answer: 2\n## Consistent:"
+    )
     # One worked example of each verdict at least.
     for verdict in ("Yes", "No", "Open"):
         assert f"## Consistent: {verdict}\n" in text
@@ -103,4 +105,7 @@ def test_templates_are_enough_and_well_formed():
 
 def test_fill_task_one_pass():
     t = prompts.TaskTemplate("{question}", "{reasoning}\nFinal answer: {answer}")
-    assert prompts.fill_task(t, "Q {answer}", "A", reasoning="R {answer}") == ("Q {answer}", "R {answer}\nFinal answer: A")
+    assert prompts.fill_task(t, "Q {answer}", "A", reasoning="R {answer}") == (
+        "Q {answer}",
+        "R {answer}\nFinal answer: A",
+    )

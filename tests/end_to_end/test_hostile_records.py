@@ -22,8 +22,10 @@ BIG = 3_000_000  # characters of a hostile caption: megabytes, where a real one 
 
 def strict(text: str):
     """json.loads as a strict parser reads: NaN and Infinity are errors."""
+
     def refuse(name):
         raise ValueError(f"not JSON: {name}")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -35,7 +37,9 @@ def format_rows(tmp_path, records, **kw):
     summary = run_format(FormatArgs(data_path=str(data), image_folder=str(tmp_path / "images"), output=str(out), **kw))
     for path in (out, out.with_name("final.rejects.jsonl"), out.with_name("final.summary.json")):
         if path.exists():
-            strict(path.read_text()) if path.suffix == ".json" else [strict(line) for line in path.read_text().splitlines()]
+            strict(path.read_text()) if path.suffix == ".json" else [
+                strict(line) for line in path.read_text().splitlines()
+            ]
     return summary, read_json(out), read_jsonl(out.with_name("final.rejects.jsonl"))
 
 
@@ -57,19 +61,34 @@ def test_format_rejects_an_image_path_ending_as_a_folder(tmp_path, images, style
 
 
 def seed_record(image, answer="A cat.", **extra):
-    return {"image": image, "conversations": [{"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": answer}], **extra}
+    return {
+        "image": image,
+        "conversations": [{"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": answer}],
+        **extra,
+    }
 
 
 def merge(tmp_path, captions, precise, informative, **kw):
     out = tmp_path / "out" / "train.json"
-    summary = run_merge_seed(MergeSeedArgs(
-        caption_path=str(write_json(tmp_path / "c.json", captions)), precise_qa_path=str(write_json(tmp_path / "p.json", precise)),
-        informative_qa_path=str(write_json(tmp_path / "i.json", informative)), output=str(out),
-        **{"blank_image_path": str(tmp_path / "blank.png"), "replace_with_blank_image_percent": 0, "split": "train", **kw},
-    ))
+    summary = run_merge_seed(
+        MergeSeedArgs(
+            caption_path=str(write_json(tmp_path / "c.json", captions)),
+            precise_qa_path=str(write_json(tmp_path / "p.json", precise)),
+            informative_qa_path=str(write_json(tmp_path / "i.json", informative)),
+            output=str(out),
+            **{
+                "blank_image_path": str(tmp_path / "blank.png"),
+                "replace_with_blank_image_percent": 0,
+                "split": "train",
+                **kw,
+            },
+        )
+    )
     for path in (out, out.with_name("train.rejects.jsonl"), out.with_name("train.summary.json")):
         if path.exists():
-            strict(path.read_text()) if path.suffix == ".json" else [strict(line) for line in path.read_text().splitlines()]
+            strict(path.read_text()) if path.suffix == ".json" else [
+                strict(line) for line in path.read_text().splitlines()
+            ]
     return summary, read_json(out), read_jsonl(out.with_name("train.rejects.jsonl"))
 
 
@@ -85,10 +104,18 @@ def test_merge_seed_rejects_an_image_path_without_a_file_name(tmp_path, bad):
 
 
 # --- syn_ids ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("syn_id, says", [
-    (True, "a bool"), (3.0, "a float"), (-1, "negative"), (2**63, "over 2**63 - 1"), (2**70, "over 2**63 - 1"),
-    ("7", "a str"), (None, "missing"),
-])
+@pytest.mark.parametrize(
+    "syn_id, says",
+    [
+        (True, "a bool"),
+        (3.0, "a float"),
+        (-1, "negative"),
+        (2**63, "over 2**63 - 1"),
+        (2**70, "over 2**63 - 1"),
+        ("7", "a str"),
+        (None, "missing"),
+    ],
+)
 def test_format_rejects_a_syn_id_no_int64_holds(tmp_path, images, syn_id, says):
     records = rows(images, 3)
     records[2]["syn_id"] = syn_id
@@ -110,17 +137,26 @@ def test_filter_refuses_an_input_whose_syn_id_no_int64_holds(tmp_path, tiny_mode
 
     data = tmp_path / "t.jsonl"
     data.write_text(json.dumps({"syn_id": syn_id, "pred": None}) + "\n")
-    stage = FilterStage(FilterArgs(model=str(tiny_models["checker"]), data_path=str(data), output_dir=str(tmp_path / "o")))
+    stage = FilterStage(
+        FilterArgs(model=str(tiny_models["checker"]), data_path=str(data), output_dir=str(tmp_path / "o"))
+    )
     with pytest.raises(ValueError, match=r"record 0 has syn_id .*0 to 2\*\*63 - 1"):
         list(stage.records())
 
 
 # --- NaN and Infinity ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("field, value, where", [
-    ("score", math.nan, "the record.score"),
-    ("consistency_logprobs", {"yes": -math.inf}, "the record.consistency_logprobs.yes"),
-    ("collected_QA", {"Q": "q?", "precise_A": "a", "informative_A": "b", "w": [1, math.inf]}, "the record.collected_QA.w[1]"),
-])
+@pytest.mark.parametrize(
+    "field, value, where",
+    [
+        ("score", math.nan, "the record.score"),
+        ("consistency_logprobs", {"yes": -math.inf}, "the record.consistency_logprobs.yes"),
+        (
+            "collected_QA",
+            {"Q": "q?", "precise_A": "a", "informative_A": "b", "w": [1, math.inf]},
+            "the record.collected_QA.w[1]",
+        ),
+    ],
+)
 def test_format_rejects_nan_and_infinity_naming_the_field(tmp_path, images, field, value, where):
     records = rows(images, 3)
     records[0][field] = value
@@ -144,7 +180,9 @@ def test_the_filter_and_merge_seed_reject_nan_too(tmp_path):
     files = [[seed_record(f"{i}.png", task_name="t") for i in range(10)] for _ in range(3)]
     files[1][4]["score"] = math.inf
     summary, _, rejects = merge(tmp_path, *files)
-    assert summary["records_rejected"] == {"non_finite_number": 1} and summary["images_dropped"] == {"no_precise_pairs": 1}
+    assert summary["records_rejected"] == {"non_finite_number": 1} and summary["images_dropped"] == {
+        "no_precise_pairs": 1
+    }
 
 
 # --- turns after the caption --------------------------------------------------------------------------
@@ -171,8 +209,13 @@ def test_merge_seed_refuses_a_blank_image_that_is_no_image_before_any_work(tmp_p
         blank.write_bytes(blank.read_bytes()[:-40])
     files = [write_json(tmp_path / f"{n}.json", [seed_record("0.png", task_name="t")]) for n in "cpi"]
     with pytest.raises(ValueError, match=rf"--blank_image_path {blank}: .*give an image file"):
-        MergeSeedArgs(caption_path=str(files[0]), precise_qa_path=str(files[1]), informative_qa_path=str(files[2]),
-                      output=str(tmp_path / "out" / "train.json"), blank_image_path=str(blank))
+        MergeSeedArgs(
+            caption_path=str(files[0]),
+            precise_qa_path=str(files[1]),
+            informative_qa_path=str(files[2]),
+            output=str(tmp_path / "out" / "train.json"),
+            blank_image_path=str(blank),
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -228,7 +271,12 @@ def test_synthesis_refuses_a_megabyte_caption_from_a_bounded_prefix(tiny_models,
     records = rows(images, 2)
     records[1]["messages"][1]["content"] = "a long caption word " * (BIG // 20)
     data = write_json(tmp_path / "pairs.json", records)
-    args = SynthesizeArgs(model=str(tiny_models["synthesizer"]), data_path=str(data), image_folder=str(images), output_dir=str(tmp_path / "o"))
+    args = SynthesizeArgs(
+        model=str(tiny_models["synthesizer"]),
+        data_path=str(data),
+        image_folder=str(images),
+        output_dir=str(tmp_path / "o"),
+    )
     prompter = Prompter(load_processor(args.model), args)
     prompter.tokenizer = spy = Spy(prompter.tokenizer)
     request, _ = prompter.request(records[0])
@@ -248,12 +296,23 @@ def test_the_filter_refuses_a_megabyte_triplet_from_a_bounded_prefix(tiny_models
 
     data = tmp_path / "t.jsonl"
     data.write_text("")
-    stage = FilterStage(FilterArgs(model=str(tiny_models["checker"]), data_path=str(data), output_dir=str(tmp_path / "o")))
+    stage = FilterStage(
+        FilterArgs(model=str(tiny_models["checker"]), data_path=str(data), output_dir=str(tmp_path / "o"))
+    )
     stage.tokenizer = spy = Spy(AutoTokenizer.from_pretrained(str(tiny_models["checker"])))
     stage.room = stage.args.max_model_len - 2
     turn = prompts.EOT + prompts.header(prompts.ASSISTANT)
-    pred = (prompts.precise_question("What?") + turn + "x" + prompts.EOT + prompts.header(prompts.USER)
-            + prompts.informative_question("What?") + turn + "word " * (BIG // 5) + prompts.EOT)
+    pred = (
+        prompts.precise_question("What?")
+        + turn
+        + "x"
+        + prompts.EOT
+        + prompts.header(prompts.USER)
+        + prompts.informative_question("What?")
+        + turn
+        + "word " * (BIG // 5)
+        + prompts.EOT
+    )
     record = {"syn_id": 0, "pred": pred}
     from adamllm.stage2.filter import collect
 
@@ -273,13 +332,23 @@ def test_training_bounds_a_megabyte_caption_and_answer(tiny_models, tmp_path, im
 
     def record(caption, answer):
         turns = [(CAPTION_REQUEST, caption), ("Answer briefly.\nWhat?", answer)]
-        return {"image": "x.png", "conversations": [t for h, g in turns for t in ({"from": "human", "value": h}, {"from": "gpt", "value": g})]}
+        return {
+            "image": "x.png",
+            "conversations": [
+                t for h, g in turns for t in ({"from": "human", "value": h}, {"from": "gpt", "value": g})
+            ],
+        }
 
-    data = write_json(tmp_path / "seed.json", [record("short", "yes"), record("caption " * (BIG // 8), "yes"), record("short", "so " * (BIG // 3))])
+    data = write_json(
+        tmp_path / "seed.json",
+        [record("short", "yes"), record("caption " * (BIG // 8), "yes"), record("short", "so " * (BIG // 3))],
+    )
     processor = load_processor(str(tiny_models["synthesizer"]))
     processor.tokenizer = spy = Spy(processor.tokenizer)
     ds = SeedDataset(str(data), processor, str(images), str(tmp_path / "blank.png"), 4096, tmp_path / "r.jsonl")
-    assert ds.counts["records_in"] == 3 and ds.counts["records_used"] == 2 and ds.counts["rejected_prompt_too_long"] == 1
+    assert (
+        ds.counts["records_in"] == 3 and ds.counts["records_used"] == 2 and ds.counts["rejected_prompt_too_long"] == 1
+    )
     assert ds.counts["truncated"] == 1 and ds.examples[1].length == 4096
     cap = text_char_cap(spy.tokenizer, 4096)
     assert max(spy.seen) <= cap and len(ds.examples[1].text) == cap
@@ -300,7 +369,20 @@ def test_export_of_a_run_with_hostile_syn_ids_and_paths_holds_only_usable_rows(t
     records[2]["images"] = ["im2.png/"]
     records[3]["collected_QA"]["precise_A"] = math.nan
     write_rows(run["out"], records)
-    assert main(["format", "--data_path", str(run["data"]), "--image_folder", str(run["images"]), "--output", str(run["final"])]) == 0
+    assert (
+        main(
+            [
+                "format",
+                "--data_path",
+                str(run["data"]),
+                "--image_folder",
+                str(run["images"]),
+                "--output",
+                str(run["final"]),
+            ]
+        )
+        == 0
+    )
     assert main(["export", str(run["out"]), "--to", str(tmp_path / "hf")]) == 0
     import datasets
 

@@ -53,9 +53,19 @@ def big_format_input(tmp_path, n: int):
     rows = []
     for i in range(n):
         Image.new("RGB", (8, 6), (i % 256, 100, 200)).save(run["images"] / f"b{i}.png")
-        rows.append({"images": [f"b{i}.png" if i != 1 else "gone.png"], "syn_id": i, "pred": "raw", "consistency": "yes",
-                     "messages": [{"role": "user", "content": "<image>\nDescribe."}, {"role": "assistant", "content": f"Caption {i}."}],
-                     "collected_QA": {"Q": f"Big {i}?", "precise_A": "P", "informative_A": "Long answer."}})
+        rows.append(
+            {
+                "images": [f"b{i}.png" if i != 1 else "gone.png"],
+                "syn_id": i,
+                "pred": "raw",
+                "consistency": "yes",
+                "messages": [
+                    {"role": "user", "content": "<image>\nDescribe."},
+                    {"role": "assistant", "content": f"Caption {i}."},
+                ],
+                "collected_QA": {"Q": f"Big {i}?", "precise_A": "P", "informative_A": "Long answer."},
+            }
+        )
     write_rows(run["out"], rows)
     return run, flags
 
@@ -73,7 +83,10 @@ def test_interrupts_are_held_while_files_are_replaced_together(tmp_path):
         with replaced_together(a, b) as (ta, tb):
             ta.write_text("new a")
             raise KeyboardInterrupt  # before the renames: nothing changes
-    assert (a.read_text(), b.read_text()) == ("old a", "old b") and sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+    assert (a.read_text(), b.read_text()) == ("old a", "old b") and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.json",
+        "b.json",
+    ]
     with pytest.raises(KeyboardInterrupt):
         with interrupts_held():
             with replaced_together(a, b) as (ta, tb):
@@ -86,13 +99,16 @@ def test_interrupts_are_held_while_files_are_replaced_together(tmp_path):
 def test_ctrl_c_during_format_leaves_output_and_summary_together(tmp_path):
     run, flags = big_format_input(tmp_path, 4000)
     before = format_files(run["out"])
-    proc = subprocess.Popen(adamllm_cmd(*flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        adamllm_cmd(*flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     wait_for(lambda: any(run["out"].glob(f"{FINAL}.tmp*")), "format to start writing")
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == (
-        "adamllm format: interrupted; no output was half-written (each file is replaced whole, or left as it was); the same command starts again")
+        "adamllm format: interrupted; no output was half-written (each file is replaced whole, or left as it was); the same command starts again"
+    )
     after = format_files(run["out"])
     if after != before:  # the interrupt came in the commit: then every file is the new run's
         assert read_json(run["final"].with_name("image_caption_and_synthetic_task.summary.json"))["records_out"] == 3999
@@ -102,7 +118,9 @@ def test_ctrl_c_during_format_leaves_output_and_summary_together(tmp_path):
     result = subprocess.run(adamllm_cmd(*flags), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = read_json(run["final"].with_name("image_caption_and_synthetic_task.summary.json"))
-    assert summary["records_out"] == len(read_json(run["final"])) == 3999 and summary["rejected"] == {"image_missing": 1}
+    assert summary["records_out"] == len(read_json(run["final"])) == 3999 and summary["rejected"] == {
+        "image_missing": 1
+    }
 
 
 @pytest.mark.slow
@@ -110,8 +128,14 @@ def test_ctrl_c_during_synthesis_is_one_line_and_the_same_command_resumes(tiny_m
     from adamllm.stage2.synthesize import SynthesizeArgs, run_synthesize
 
     pairs = make_caption_pairs(tmp_path / "pairs", 12, seed=8)
-    flags = dict(model=str(tiny_models["synthesizer"]), data_path=str(pairs["data_path"]), image_folder=str(pairs["image_folder"]),
-                 max_new_tokens=8, batch_size=2, engine="hf")
+    flags = dict(
+        model=str(tiny_models["synthesizer"]),
+        data_path=str(pairs["data_path"]),
+        image_folder=str(pairs["image_folder"]),
+        max_new_tokens=8,
+        batch_size=2,
+        engine="hf",
+    )
     run_synthesize(SynthesizeArgs(output_dir=str(tmp_path / "whole"), **flags))
     out = tmp_path / "out"
     cmd = adamllm_cmd("synthesize", *[x for k, v in flags.items() for x in (f"--{k}", v)], "--output_dir", out)
@@ -122,14 +146,20 @@ def test_ctrl_c_during_synthesis_is_one_line_and_the_same_command_resumes(tiny_m
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == (
-        f"adamllm synthesize: interrupted; the records finished so far are saved in {out / 'shards'}/; the same command resumes from them")
+        f"adamllm synthesize: interrupted; the records finished so far are saved in {out / 'shards'}/; the same command resumes from them"
+    )
     assert not (out / "syn_task_triplets.jsonl").exists() and shard.read_text().count("\n") < 12
     # What a kill -9 of the merge leaves: a dead pid of this host is removed at once, not after 60 s.
-    stale = [killed_runs_tmp(out / "syn_task_triplets.jsonl", dead_pid()), killed_runs_tmp(out / "shards" / "x.stats.json", dead_pid())]
+    stale = [
+        killed_runs_tmp(out / "syn_task_triplets.jsonl", dead_pid()),
+        killed_runs_tmp(out / "shards" / "x.stats.json", dead_pid()),
+    ]
     elsewhere = killed_runs_tmp(out / "stats.json", os.getpid(), place="0badc0de")  # another node's writer may be alive
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (out / "syn_task_triplets.jsonl").read_bytes() == (tmp_path / "whole" / "syn_task_triplets.jsonl").read_bytes()
+    assert (out / "syn_task_triplets.jsonl").read_bytes() == (
+        tmp_path / "whole" / "syn_task_triplets.jsonl"
+    ).read_bytes()
     assert not any(p.exists() for p in stale) and elsewhere.exists()
 
 
@@ -154,10 +184,23 @@ def test_a_rerun_of_merge_seed_removes_what_a_killed_run_of_it_left(seed_fixture
     try:
         live = killed_runs_tmp(output, sleeper.pid)  # a run of it still writing: kept
         other = killed_runs_tmp(tmp_path / "notes.json", dead_pid())  # not a file merge-seed writes: kept
-        result = subprocess.run(adamllm_cmd(
-            "merge-seed", "--caption_path", seed_fixtures["caption"], "--precise_qa_path", seed_fixtures["precise"],
-            "--informative_qa_path", seed_fixtures["informative"], "--blank_image_path", tmp_path / "blank.png", "--output", output,
-        ), capture_output=True, text=True)
+        result = subprocess.run(
+            adamllm_cmd(
+                "merge-seed",
+                "--caption_path",
+                seed_fixtures["caption"],
+                "--precise_qa_path",
+                seed_fixtures["precise"],
+                "--informative_qa_path",
+                seed_fixtures["informative"],
+                "--blank_image_path",
+                tmp_path / "blank.png",
+                "--output",
+                output,
+            ),
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert not any(p.exists() for p in stale) and live.exists() and other.exists()
     finally:

@@ -21,7 +21,11 @@ from adamllm.stage2.synthesize import SynthesizeArgs, SynthesizeStage, run_synth
 from adamllm.testing.fixtures import make_caption_pairs
 
 NEW_TOKENS = 16
-TRIPLETS, FILTERED, FINAL = "syn_task_triplets.jsonl", "filtered_task_pairs.jsonl", "image_caption_and_synthetic_task.json"
+TRIPLETS, FILTERED, FINAL = (
+    "syn_task_triplets.jsonl",
+    "filtered_task_pairs.jsonl",
+    "image_caption_and_synthetic_task.json",
+)
 
 
 # --- the fingerprint: every argument field, less a documented few ---------------------------------
@@ -95,18 +99,34 @@ def test_the_ray_executor_resumes_a_local_run(tiny_models, finished, tmp_path):
     pairs, _ = finished
     out = copy_run(finished, tmp_path)
     before = (out / TRIPLETS).read_bytes()
-    stats = run_synthesize(SynthesizeArgs(
-        model=str(tiny_models["synthesizer"]), data_path=str(pairs["data_path"]), image_folder=str(pairs["image_folder"]),
-        output_dir=str(out), max_new_tokens=NEW_TOKENS, engine="hf", batch_size=2, decode_threads=1, executor="ray",
-    ))
+    stats = run_synthesize(
+        SynthesizeArgs(
+            model=str(tiny_models["synthesizer"]),
+            data_path=str(pairs["data_path"]),
+            image_folder=str(pairs["image_folder"]),
+            output_dir=str(out),
+            max_new_tokens=NEW_TOKENS,
+            engine="hf",
+            batch_size=2,
+            decode_threads=1,
+            executor="ray",
+        )
+    )
     assert (out / TRIPLETS).read_bytes() == before and stats["records_in"] == 6
 
 
 # --- a stage-2 run on the tiny models ------------------------------------------------------------
 def run_args(tiny_models, pairs, out, **kw):
     return RunArgs(
-        synthesizer=str(tiny_models["synthesizer"]), checker=str(tiny_models["checker"]), data_path=str(pairs["data_path"]),
-        image_folder=str(pairs["image_folder"]), output_dir=str(out), max_new_tokens=NEW_TOKENS, engine="hf", batch_size=4, **kw,
+        synthesizer=str(tiny_models["synthesizer"]),
+        checker=str(tiny_models["checker"]),
+        data_path=str(pairs["data_path"]),
+        image_folder=str(pairs["image_folder"]),
+        output_dir=str(out),
+        max_new_tokens=NEW_TOKENS,
+        engine="hf",
+        batch_size=4,
+        **kw,
     )
 
 
@@ -134,28 +154,46 @@ def test_run_records_what_each_stage_read_and_wrote_and_they_chain(finished, tmp
     stats = read_json(out / "stats.json")
     made = {stage: stats[stage]["provenance"] for stage in ("synthesize", "filter", "format")}
     assert made["synthesize"]["input"]["path"] == str(pairs["data_path"].resolve())
-    assert made["synthesize"]["output"] == made["filter"]["input"] and made["filter"]["output"] == made["format"]["input"]
+    assert (
+        made["synthesize"]["output"] == made["filter"]["input"] and made["filter"]["output"] == made["format"]["input"]
+    )
     for stage, name in (("synthesize", TRIPLETS), ("filter", FILTERED), ("format", FINAL)):
         data = (out / name).read_bytes()
-        assert made[stage]["output"] == {"path": str((out / name).resolve()), "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        assert made[stage]["output"] == {
+            "path": str((out / name).resolve()),
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
     assert write_report(out).is_file()
     datasets = pytest.importorskip("datasets")
     assert export(out, tmp_path / "hf") == 0
     assert datasets.load_from_disk(str(tmp_path / "hf")).num_rows == len(read_json(out / FINAL))
 
 
-def test_synthesize_overwrite_with_new_input_makes_report_export_and_format_refuse(tiny_models, finished, tmp_path, capsys):
+def test_synthesize_overwrite_with_new_input_makes_report_export_and_format_refuse(
+    tiny_models, finished, tmp_path, capsys
+):
     """The issue's case: synthesize --overwrite on a new input into a finished folder, then report and
     export showed the old filtered and final records, and the card said synthesize 5 -> 5, filter 200 -> 197."""
     out = copy_run(finished, tmp_path)
     new = make_caption_pairs(tmp_path / "new", 3, seed=9)
-    run_synthesize(SynthesizeArgs(
-        model=str(tiny_models["synthesizer"]), data_path=str(new["data_path"]), image_folder=str(new["image_folder"]),
-        output_dir=str(out), max_new_tokens=NEW_TOKENS, engine="hf", overwrite=True,
-    ))
+    run_synthesize(
+        SynthesizeArgs(
+            model=str(tiny_models["synthesizer"]),
+            data_path=str(new["data_path"]),
+            image_folder=str(new["image_folder"]),
+            output_dir=str(out),
+            max_new_tokens=NEW_TOKENS,
+            engine="hf",
+            overwrite=True,
+        )
+    )
     stale = f"so {out / FILTERED}, {out / FINAL} are stale"
     fix = f"Rerun `adamllm filter --overwrite`, then `adamllm format` into {out}, or `adamllm run` with --overwrite"
-    with pytest.raises(ValueError, match="`adamllm filter` read another syn_task_triplets.jsonl than the one `adamllm synthesize` last wrote") as refused:
+    with pytest.raises(
+        ValueError,
+        match="`adamllm filter` read another syn_task_triplets.jsonl than the one `adamllm synthesize` last wrote",
+    ) as refused:
         write_report(out)
     assert stale in str(refused.value) and fix in str(refused.value)
     with pytest.raises(SystemExit):
@@ -163,13 +201,47 @@ def test_synthesize_overwrite_with_new_input_makes_report_export_and_format_refu
     err = capsys.readouterr().err
     assert stale in err and "Traceback" not in err and not (tmp_path / "hf").exists()
     final = (out / FINAL).read_bytes()
-    assert main(["format", "--data_path", str(out / FILTERED), "--image_folder", str(new["image_folder"]), "--output", str(out / FINAL)]) == 2
+    assert (
+        main(
+            [
+                "format",
+                "--data_path",
+                str(out / FILTERED),
+                "--image_folder",
+                str(new["image_folder"]),
+                "--output",
+                str(out / FINAL),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"so {out / FILTERED} is stale" in err and "Rerun `adamllm filter --overwrite`, then `adamllm format`" in err
     assert (out / FINAL).read_bytes() == final
     # The fix the message names: the later stages again.
-    run_filter(FilterArgs(model=str(tiny_models["checker"]), data_path=str(out / TRIPLETS), output_dir=str(out), engine="hf", overwrite=True))
-    assert main(["format", "--data_path", str(out / FILTERED), "--image_folder", str(new["image_folder"]), "--output", str(out / FINAL)]) == 0
+    run_filter(
+        FilterArgs(
+            model=str(tiny_models["checker"]),
+            data_path=str(out / TRIPLETS),
+            output_dir=str(out),
+            engine="hf",
+            overwrite=True,
+        )
+    )
+    assert (
+        main(
+            [
+                "format",
+                "--data_path",
+                str(out / FILTERED),
+                "--image_folder",
+                str(new["image_folder"]),
+                "--output",
+                str(out / FINAL),
+            ]
+        )
+        == 0
+    )
     write_report(out)
     assert export(out, tmp_path / "hf") == 0
     card = (tmp_path / "hf" / "README.md").read_text()
@@ -181,9 +253,20 @@ def test_filter_refuses_a_triplets_file_edited_since_synthesis(tiny_models, fini
     rows = read_jsonl(out / TRIPLETS)
     rows[2]["pred"] = "an edited pred"
     (out / TRIPLETS).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ValueError, match=rf"syn_task_triplets.jsonl is not the file `adamllm synthesize` wrote \(it was edited or replaced since\), so {out / TRIPLETS} is stale "
-                       r".*Rerun `adamllm synthesize --overwrite`, then `adamllm filter --overwrite`"):
-        run_filter(FilterArgs(model=str(tiny_models["checker"]), data_path=str(out / TRIPLETS), output_dir=str(out), engine="hf", overwrite=True))
+    with pytest.raises(
+        ValueError,
+        match=rf"syn_task_triplets.jsonl is not the file `adamllm synthesize` wrote \(it was edited or replaced since\), so {out / TRIPLETS} is stale "
+        r".*Rerun `adamllm synthesize --overwrite`, then `adamllm filter --overwrite`",
+    ):
+        run_filter(
+            FilterArgs(
+                model=str(tiny_models["checker"]),
+                data_path=str(out / TRIPLETS),
+                output_dir=str(out),
+                engine="hf",
+                overwrite=True,
+            )
+        )
 
 
 # --- images replaced after a run ------------------------------------------------------------------
@@ -206,19 +289,33 @@ def test_a_replaced_image_is_rejected_by_export_and_format_and_redone_at_resume(
     summary = read_json(tmp_path / "hf" / "export.summary.json")
     assert summary["records_in"] == summary["rows"] + 1
     # format: the same record is rejected; its LLaMA-Factory records gain no field
-    assert main(["format", "--data_path", str(out / FILTERED), "--image_folder", str(images), "--output", str(out / FINAL)]) == 0
+    assert (
+        main(
+            ["format", "--data_path", str(out / FILTERED), "--image_folder", str(images), "--output", str(out / FINAL)]
+        )
+        == 0
+    )
     fmt = read_json(out / "image_caption_and_synthetic_task.summary.json")
-    assert fmt["rejected"] == {"image_changed": 1, "image_missing": 1} and fmt["records_in"] == 5 == fmt["records_out"] + 2
+    assert (
+        fmt["rejected"] == {"image_changed": 1, "image_missing": 1} and fmt["records_in"] == 5 == fmt["records_out"] + 2
+    )
     assert all(set(r) == {"messages", "images"} for r in read_json(out / FINAL))
     # the resume redoes the record whose image changed, and the one whose image is there now
     kept_aside.rename(images / names[3])
     capsys.readouterr()
     run_pipeline(run_args(tiny_models, pairs, out, overwrite=True))
     fresh = tmp_path / "fresh"
-    run_synthesize(SynthesizeArgs(
-        model=str(tiny_models["synthesizer"]), data_path=str(pairs["data_path"]), image_folder=str(images),
-        output_dir=str(fresh), max_new_tokens=NEW_TOKENS, engine="hf", batch_size=4,
-    ))
+    run_synthesize(
+        SynthesizeArgs(
+            model=str(tiny_models["synthesizer"]),
+            data_path=str(pairs["data_path"]),
+            image_folder=str(images),
+            output_dir=str(fresh),
+            max_new_tokens=NEW_TOKENS,
+            engine="hf",
+            batch_size=4,
+        )
+    )
     assert (out / TRIPLETS).read_bytes() == (fresh / TRIPLETS).read_bytes()
     redone = read_jsonl(out / TRIPLETS)
     assert redone[3]["pred"] is not None and [r["syn_id"] for r in redone] == list(range(5))

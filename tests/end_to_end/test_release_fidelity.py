@@ -60,14 +60,41 @@ def trained(tiny_models, tmp_path_factory):
     every run), and 32 new pictures it never saw."""
     tmp = tmp_path_factory.mktemp("fidelity")
     seed = make_seed_fixtures(tmp / "seed", num_images=24, seed=3)
-    run([
-        sys.executable, "-m", "adamllm", "train",
-        "--model_name_or_path", str(tiny_models["synthesizer"]), "--caption_path", str(seed["caption"]),
-        "--precise_qa_path", str(seed["precise"]), "--informative_qa_path", str(seed["informative"]),
-        "--image_folder", str(seed["image_folder"]), "--output_dir", str(tmp / "syn"), "--max_steps", "60",
-        "--learning_rate", "3e-3", "--per_device_train_batch_size", "4", "--save_strategy", "no",
-        "--report_to", "none", "--use_cpu", "True", "--disable_tqdm", "True",
-    ], OMP_NUM_THREADS="1")
+    run(
+        [
+            sys.executable,
+            "-m",
+            "adamllm",
+            "train",
+            "--model_name_or_path",
+            str(tiny_models["synthesizer"]),
+            "--caption_path",
+            str(seed["caption"]),
+            "--precise_qa_path",
+            str(seed["precise"]),
+            "--informative_qa_path",
+            str(seed["informative"]),
+            "--image_folder",
+            str(seed["image_folder"]),
+            "--output_dir",
+            str(tmp / "syn"),
+            "--max_steps",
+            "60",
+            "--learning_rate",
+            "3e-3",
+            "--per_device_train_batch_size",
+            "4",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--use_cpu",
+            "True",
+            "--disable_tqdm",
+            "True",
+        ],
+        OMP_NUM_THREADS="1",
+    )
     return tmp / "syn", make_caption_pairs(tmp / "pairs", 32, seed=11)
 
 
@@ -75,14 +102,40 @@ def test_release_settings_give_the_release_preds_byte_for_byte(trained, tmp_path
     model, pairs = trained
     script = tmp_path / "release_like.py"
     script.write_text(RELEASE_LIKE)
-    run([sys.executable, str(script), str(model), str(pairs["data_path"]), str(pairs["image_folder"]), str(tmp_path / "release.json")])
+    run(
+        [
+            sys.executable,
+            str(script),
+            str(model),
+            str(pairs["data_path"]),
+            str(pairs["image_folder"]),
+            str(tmp_path / "release.json"),
+        ]
+    )
     release = read_json(tmp_path / "release.json")
 
-    run([
-        sys.executable, "-m", "adamllm", "synthesize", "--model", str(model), "--data_path", str(pairs["data_path"]),
-        "--image_folder", str(pairs["image_folder"]), "--output_dir", str(tmp_path / "ours"),
-        "--dtype", "bfloat16", "--enforce_eager", "off", "--batch_size", "500",
-    ])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "adamllm",
+            "synthesize",
+            "--model",
+            str(model),
+            "--data_path",
+            str(pairs["data_path"]),
+            "--image_folder",
+            str(pairs["image_folder"]),
+            "--output_dir",
+            str(tmp_path / "ours"),
+            "--dtype",
+            "bfloat16",
+            "--enforce_eager",
+            "off",
+            "--batch_size",
+            "500",
+        ]
+    )
     ours = [r["pred"] for r in read_jsonl(tmp_path / "ours" / "syn_task_triplets.jsonl")]
 
     assert len(ours) == len(release) == 32

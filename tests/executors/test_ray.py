@@ -29,7 +29,10 @@ def cluster():
     """Two Ray nodes on this machine, one CPU each: what a two-node cluster looks like to the driver."""
     from ray.cluster_utils import Cluster
 
-    two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 200 << 20, "include_dashboard": False})
+    two_nodes = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": 200 << 20, "include_dashboard": False},
+    )
     two_nodes.add_node(num_cpus=1, object_store_memory=200 << 20)
     two_nodes.wait_for_nodes()
     yield two_nodes
@@ -38,9 +41,21 @@ def cluster():
 
 def synthesize(tiny_models, pairs, out, *extra, wait=True):
     cmd = [
-        sys.executable, "-m", "adamllm", "synthesize", "--model", str(tiny_models["synthesizer"]),
-        "--data_path", str(pairs["data_path"]), "--image_folder", str(pairs["image_folder"]), "--output_dir", str(out),
-        "--max_new_tokens", str(NEW_TOKENS), *map(str, extra),
+        sys.executable,
+        "-m",
+        "adamllm",
+        "synthesize",
+        "--model",
+        str(tiny_models["synthesizer"]),
+        "--data_path",
+        str(pairs["data_path"]),
+        "--image_folder",
+        str(pairs["image_folder"]),
+        "--output_dir",
+        str(out),
+        "--max_new_tokens",
+        str(NEW_TOKENS),
+        *map(str, extra),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if not wait:
@@ -68,7 +83,9 @@ def same_files(a: Path, b: Path):
 
 @pytest.mark.parametrize("engine", ["vllm", "hf"])
 def test_a_local_ray_instance_writes_the_local_executors_files(tiny_models, pairs, local_run, tmp_path, engine):
-    synthesize(tiny_models, pairs, tmp_path, "--engine", engine, "--batch_size", 4, "--executor", "ray", "--num_workers", 2)
+    synthesize(
+        tiny_models, pairs, tmp_path, "--engine", engine, "--batch_size", 4, "--executor", "ray", "--num_workers", 2
+    )
     same_files(local_run[engine], tmp_path)
     stats = read_json(tmp_path / "stats.json")["synthesize"]
     assert stats["records_in"] == 30 == stats["records_out"] + sum(stats["rejected"].values())
@@ -77,7 +94,19 @@ def test_a_local_ray_instance_writes_the_local_executors_files(tiny_models, pair
 
 
 def test_two_nodes_share_the_work_and_give_the_same_files(tiny_models, pairs, local_run, cluster, tmp_path):
-    synthesize(tiny_models, pairs, tmp_path, "--batch_size", 2, "--executor", "ray", "--ray_address", cluster.address, "--num_workers", 2)
+    synthesize(
+        tiny_models,
+        pairs,
+        tmp_path,
+        "--batch_size",
+        2,
+        "--executor",
+        "ray",
+        "--ray_address",
+        cluster.address,
+        "--num_workers",
+        2,
+    )
     same_files(local_run["vllm"], tmp_path)
     assert read_json(tmp_path / "stats.json")["synthesize"]["ray_nodes"] == 2
 
@@ -88,20 +117,46 @@ def wait_for_lines(path: Path, n: int, proc, timeout_s: float = 240):
         if path.exists() and path.read_text().count("\n") >= n:
             return
         time.sleep(0.05)
-    raise AssertionError(f"{path} never reached {n} lines (exit {proc.poll()}): {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}")
+    raise AssertionError(
+        f"{path} never reached {n} lines (exit {proc.poll()}): {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}"
+    )
 
 
 def test_driver_killed_then_rerun_gives_the_same_files(tiny_models, pairs, local_run, cluster, tmp_path):
     shard = tmp_path / "shards" / "syn_task_triplets.000-of-001.jsonl"
-    proc = synthesize(tiny_models, pairs, tmp_path, "--batch_size", 2, "--executor", "ray", "--ray_address", cluster.address,
-                      "--num_workers", 1, wait=False)
+    proc = synthesize(
+        tiny_models,
+        pairs,
+        tmp_path,
+        "--batch_size",
+        2,
+        "--executor",
+        "ray",
+        "--ray_address",
+        cluster.address,
+        "--num_workers",
+        1,
+        wait=False,
+    )
     wait_for_lines(shard, 4, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = shard.read_text().count("\n")
     assert 4 <= done < 30, "the kill landed after the last batch"
     assert not (tmp_path / "syn_task_triplets.jsonl").exists()
-    synthesize(tiny_models, pairs, tmp_path, "--batch_size", 2, "--executor", "ray", "--ray_address", cluster.address, "--num_workers", 1)
+    synthesize(
+        tiny_models,
+        pairs,
+        tmp_path,
+        "--batch_size",
+        2,
+        "--executor",
+        "ray",
+        "--ray_address",
+        cluster.address,
+        "--num_workers",
+        1,
+    )
     same_files(local_run["vllm"], tmp_path)
 
 
@@ -109,8 +164,20 @@ def test_an_actor_killed_mid_run_is_restarted_and_its_records_redone(tiny_models
     import psutil
 
     shard = tmp_path / "shards" / "syn_task_triplets.000-of-001.jsonl"
-    proc = synthesize(tiny_models, pairs, tmp_path, "--batch_size", 2, "--executor", "ray", "--ray_address", cluster.address,
-                      "--num_workers", 1, wait=False)
+    proc = synthesize(
+        tiny_models,
+        pairs,
+        tmp_path,
+        "--batch_size",
+        2,
+        "--executor",
+        "ray",
+        "--ray_address",
+        cluster.address,
+        "--num_workers",
+        1,
+        wait=False,
+    )
     wait_for_lines(shard, 2, proc)
     actors = [p for p in psutil.process_iter(["cmdline"]) if "StageActor" in " ".join(p.info["cmdline"] or [])]
     assert actors, "no StageActor process found"
@@ -123,8 +190,23 @@ def test_an_actor_killed_mid_run_is_restarted_and_its_records_redone(tiny_models
 
 
 def filter_cmd(tiny_models, data_path, out, *extra):
-    cmd = [sys.executable, "-m", "adamllm", "filter", "--model", str(tiny_models["checker"]), "--data_path", str(data_path),
-           "--output_dir", str(out), "--engine", "hf", "--batch_size", "2", *map(str, extra)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "adamllm",
+        "filter",
+        "--model",
+        str(tiny_models["checker"]),
+        "--data_path",
+        str(data_path),
+        "--output_dir",
+        str(out),
+        "--engine",
+        "hf",
+        "--batch_size",
+        "2",
+        *map(str, extra),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -145,10 +227,14 @@ def test_ray_filters_every_record_whatever_its_syn_ids(tiny_models, local_run, c
     data = tmp_path / "triplets.jsonl"
     data.write_text("".join(line + "\n" for line in lines))
     filter_cmd(tiny_models, data, tmp_path / "local")
-    filter_cmd(tiny_models, data, tmp_path / "ray", "--executor", "ray", "--ray_address", cluster.address, "--num_workers", 2)
+    filter_cmd(
+        tiny_models, data, tmp_path / "ray", "--executor", "ray", "--ray_address", cluster.address, "--num_workers", 2
+    )
     for name in ("filtered_task_pairs.jsonl", "filtered_task_pairs.rejects.jsonl"):
         local, on_ray = tmp_path / "local" / name, tmp_path / "ray" / name
-        assert local.exists() == on_ray.exists() and (not local.exists() or local.read_bytes() == on_ray.read_bytes()), name
+        assert local.exists() == on_ray.exists() and (
+            not local.exists() or local.read_bytes() == on_ray.read_bytes()
+        ), name
     out = read_jsonl(tmp_path / "ray" / "filtered_task_pairs.jsonl")
     assert [r["syn_id"] for r in out] == [json.loads(line)["syn_id"] for line in lines]
     assert read_json(tmp_path / "ray" / "stats.json")["filter"]["records_in"] == len(lines)
@@ -160,18 +246,49 @@ def test_ray_synthesizes_every_record_of_an_input_that_carries_its_own_syn_ids(t
     data.write_text(json.dumps([{**r, "syn_id": i} for r, i in zip(records, (0, 5, 9, 100, 101, 5000))]))
     subset = {**pairs, "data_path": data}
     synthesize(tiny_models, subset, tmp_path / "local", "--engine", "hf", "--batch_size", 2)
-    synthesize(tiny_models, subset, tmp_path / "ray", "--engine", "hf", "--batch_size", 2, "--executor", "ray",
-               "--ray_address", cluster.address, "--num_workers", 2)
+    synthesize(
+        tiny_models,
+        subset,
+        tmp_path / "ray",
+        "--engine",
+        "hf",
+        "--batch_size",
+        2,
+        "--executor",
+        "ray",
+        "--ray_address",
+        cluster.address,
+        "--num_workers",
+        2,
+    )
     same_files(tmp_path / "local", tmp_path / "ray")
     assert [r["syn_id"] for r in read_jsonl(tmp_path / "ray" / "syn_task_triplets.jsonl")] == list(range(6))
 
 
 def test_ray_flags_are_checked_together(tiny_models, pairs, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "adamllm", "synthesize", "--model", str(tiny_models["synthesizer"]), "--data_path", str(pairs["data_path"]),
-         "--image_folder", str(pairs["image_folder"]), "--output_dir", str(tmp_path), "--executor", "ray", "--num_shards", "2",
-         "--num_workers", "-1"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "adamllm",
+            "synthesize",
+            "--model",
+            str(tiny_models["synthesizer"]),
+            "--data_path",
+            str(pairs["data_path"]),
+            "--image_folder",
+            str(pairs["image_folder"]),
+            "--output_dir",
+            str(tmp_path),
+            "--executor",
+            "ray",
+            "--num_shards",
+            "2",
+            "--num_workers",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert "leave out --num_shards" in result.stderr and "--num_workers -1: must be >= 0" in result.stderr
@@ -181,17 +298,38 @@ def test_run_synthesis_sh_on_ray_writes_the_same_final_files(tiny_models, pairs,
     script = Path(__file__).resolve().parents[2] / "QA-Synthesizer" / "vllm_inference" / "run_synthesis.sh"
     outs = {}
     for executor in ("local", "ray"):
-        extra = ["--executor", "ray", "--ray_address", cluster.address, "--num_workers", "2"] if executor == "ray" else []
+        extra = (
+            ["--executor", "ray", "--ray_address", cluster.address, "--num_workers", "2"] if executor == "ray" else []
+        )
         out = tmp_path / executor
         result = subprocess.run(
-            ["bash", str(script), str(tiny_models["synthesizer"]), str(tiny_models["checker"]), str(pairs["data_path"]),
-             str(pairs["image_folder"]), str(out), "--max_new_tokens", str(NEW_TOKENS), "--batch_size", "4", *extra],
-            capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1"),
+            [
+                "bash",
+                str(script),
+                str(tiny_models["synthesizer"]),
+                str(tiny_models["checker"]),
+                str(pairs["data_path"]),
+                str(pairs["image_folder"]),
+                str(out),
+                "--max_new_tokens",
+                str(NEW_TOKENS),
+                "--batch_size",
+                "4",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1"),
         )
         assert result.returncode == 0, result.stderr[-3000:]
         outs[executor] = out
-    for name in ("syn_task_triplets.jsonl", "filtered_task_pairs.jsonl", "image_caption_and_synthetic_task.json",
-                 "image_caption_and_synthetic_task.rejects.jsonl", "syn_task_triplets.rejects.jsonl"):
+    for name in (
+        "syn_task_triplets.jsonl",
+        "filtered_task_pairs.jsonl",
+        "image_caption_and_synthetic_task.json",
+        "image_caption_and_synthetic_task.rejects.jsonl",
+        "syn_task_triplets.rejects.jsonl",
+    ):
         assert (outs["local"] / name).read_bytes() == (outs["ray"] / name).read_bytes(), name
     stats = read_json(outs["ray"] / "stats.json")
     assert stats["filter"]["records_in"] == 30 and stats["filter"]["args"]["executor"] == "ray"

@@ -33,9 +33,26 @@ def command(tiny_models, pairs, out, *extra, stage="synthesize"):
         models = ["--synthesizer", tiny_models["synthesizer"], "--checker", tiny_models["checker"]]
     else:
         models = ["--model", tiny_models["synthesizer"]]
-    return [sys.executable, "-m", "adamllm", stage, *map(str, models), "--data_path", str(pairs["data_path"]),
-            "--image_folder", str(pairs["image_folder"]), "--output_dir", str(out), "--engine", "hf",
-            "--max_new_tokens", str(NEW_TOKENS), "--batch_size", "4", *map(str, extra)]
+    return [
+        sys.executable,
+        "-m",
+        "adamllm",
+        stage,
+        *map(str, models),
+        "--data_path",
+        str(pairs["data_path"]),
+        "--image_folder",
+        str(pairs["image_folder"]),
+        "--output_dir",
+        str(out),
+        "--engine",
+        "hf",
+        "--max_new_tokens",
+        str(NEW_TOKENS),
+        "--batch_size",
+        "4",
+        *map(str, extra),
+    ]
 
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -89,7 +106,9 @@ def refused_by(result, holder, stage="synthesize"):
     return lines[0]
 
 
-def test_a_second_synthesize_into_the_folder_is_refused_at_once_and_the_first_finishes(tiny_models, pairs, reference, tmp_path):
+def test_a_second_synthesize_into_the_folder_is_refused_at_once_and_the_first_finishes(
+    tiny_models, pairs, reference, tmp_path
+):
     first = start(command(tiny_models, pairs, tmp_path))
     wait_for_lock(tmp_path / "shards" / "syn_task_triplets.lock", first)
     os.kill(first.pid, signal.SIGSTOP)  # the first holds the folder for as long as the second takes
@@ -98,7 +117,9 @@ def test_a_second_synthesize_into_the_folder_is_refused_at_once_and_the_first_fi
     finally:
         os.kill(first.pid, signal.SIGCONT)
     line = refused_by(second, first)
-    assert line.startswith(f"adamllm synthesize: failed: {tmp_path}/syn_task_triplets.jsonl (the synthesize stage) is locked")
+    assert line.startswith(
+        f"adamllm synthesize: failed: {tmp_path}/syn_task_triplets.jsonl (the synthesize stage) is locked"
+    )
     assert f"({sys.executable} -m adamllm synthesize --model " in line, "the holder's command"
     assert first.wait() == 0, first.stderr.read()[-3000:]
     same_files(reference, tmp_path)
@@ -168,11 +189,14 @@ def another_input(text: str) -> str:
     return text + json.dumps({**last, "syn_id": 9999}) + "\n"
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (lambda text: text + text, "syn_id 0 is on lines 1 and 13: a record written twice (two runs into one folder?)"),
-    (tear, "line 2 is not a record with an integer syn_id"),
-    (another_input, "syn_id 9999 is not in the stage's input (a record of another input)"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda text: text + text, "syn_id 0 is on lines 1 and 13: a record written twice (two runs into one folder?)"),
+        (tear, "line 2 is not a record with an integer syn_id"),
+        (another_input, "syn_id 9999 is not in the stage's input (a record of another input)"),
+    ],
+)
 def test_a_damaged_shard_is_named_and_overwrite_repairs_it(tiny_models, pairs, reference, tmp_path, damage, problem):
     out = tmp_path / "out"
     shutil.copytree(reference, out)
@@ -180,7 +204,10 @@ def test_a_damaged_shard_is_named_and_overwrite_repairs_it(tiny_models, pairs, r
     shard.write_text(damage(shard.read_text()))
     refused = run(command(tiny_models, pairs, out))
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert f"adamllm synthesize: error: {shard}: {problem}. Rerun with --overwrite to redo this shard's records, or delete {shard}" in refused.stderr
+    assert (
+        f"adamllm synthesize: error: {shard}: {problem}. Rerun with --overwrite to redo this shard's records, or delete {shard}"
+        in refused.stderr
+    )
     assert "the stage's input must hold" not in refused.stderr
     repaired = run(command(tiny_models, pairs, out, "--overwrite"))
     assert repaired.returncode == 0, repaired.stderr[-3000:]

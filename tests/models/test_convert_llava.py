@@ -18,12 +18,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def convert(src: Path, out: Path, *extra):
-    return subprocess.run([sys.executable, "-m", "adamllm", "convert-llava", str(src), str(out), *extra], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "adamllm", "convert-llava", str(src), str(out), *extra], capture_output=True, text=True
+    )
 
 
 @pytest.mark.parametrize("with_tower,bin_weights", [(True, False), (False, True)])
 def test_every_weight_returns_to_its_place(tiny_models, tmp_path, with_tower, bin_weights):
-    src = make_llava_repo_checkpoint(tiny_models["synthesizer"], tmp_path, with_tower=with_tower, bin_weights=bin_weights)
+    src = make_llava_repo_checkpoint(
+        tiny_models["synthesizer"], tmp_path, with_tower=with_tower, bin_weights=bin_weights
+    )
     result = convert(src, tmp_path / "hf")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == str(tmp_path / "hf")  # BASE_MODEL=$(adamllm convert-llava ...)
@@ -48,28 +52,62 @@ def test_same_logits_and_it_serves_in_vllm(tiny_models, tmp_path):
     for folder in (tiny_models["synthesizer"], tmp_path / "hf"):
         model, processor = load_synthesizer(str(folder), torch.float32)
         assert processor.image_token == "<|reserved_special_token_4|>"
-        inputs = processor(images=image, text=prompts.synthesizer_prompt("A mince pie on a plate.", processor.image_token), return_tensors="pt")
+        inputs = processor(
+            images=image,
+            text=prompts.synthesizer_prompt("A mince pie on a plate.", processor.image_token),
+            return_tensors="pt",
+        )
         with torch.no_grad():
             logits.append(model(**inputs).logits)
     assert torch.equal(logits[0], logits[1])
     result = subprocess.run(
-        [sys.executable, "-m", "adamllm", "synthesize", "--model", str(tmp_path / "hf"), "--data_path", str(ROOT / "data_samples" / "image_caption_pairs.json"),
-         "--image_folder", str(ROOT / "data_samples" / "images"), "--output_dir", str(tmp_path / "out"), "--limit", "2", "--max_new_tokens", "8"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "adamllm",
+            "synthesize",
+            "--model",
+            str(tmp_path / "hf"),
+            "--data_path",
+            str(ROOT / "data_samples" / "image_caption_pairs.json"),
+            "--image_folder",
+            str(ROOT / "data_samples" / "images"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--limit",
+            "2",
+            "--max_new_tokens",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(isinstance(r["pred"], str) for r in read_jsonl(tmp_path / "out" / "syn_task_triplets.jsonl"))
 
 
-@pytest.mark.parametrize("config_edit,weights_edit,message", [
-    (None, lambda w: w.pop("model.norm.weight"), "missing language_model.model.norm.weight"),
-    (None, lambda w: w.__setitem__("model.mm_projector.4.weight", w["model.mm_projector.2.weight"].clone()), "have no place in LlavaNext: model.mm_projector.4.weight"),
-    (lambda c: c.__setitem__("mm_projector_type", "linear"), None, "mm_projector_type 'linear': only mlp2x_gelu"),
-    (lambda c: c.__setitem__("image_aspect_ratio", "pad"), None, "image_aspect_ratio 'pad': LLaVA-NeXT's anyres is needed"),
-    (lambda c: c.pop("mm_vision_select_layer"), None, "mm_vision_select_layer is missing"),
-])
+@pytest.mark.parametrize(
+    "config_edit,weights_edit,message",
+    [
+        (None, lambda w: w.pop("model.norm.weight"), "missing language_model.model.norm.weight"),
+        (
+            None,
+            lambda w: w.__setitem__("model.mm_projector.4.weight", w["model.mm_projector.2.weight"].clone()),
+            "have no place in LlavaNext: model.mm_projector.4.weight",
+        ),
+        (lambda c: c.__setitem__("mm_projector_type", "linear"), None, "mm_projector_type 'linear': only mlp2x_gelu"),
+        (
+            lambda c: c.__setitem__("image_aspect_ratio", "pad"),
+            None,
+            "image_aspect_ratio 'pad': LLaVA-NeXT's anyres is needed",
+        ),
+        (lambda c: c.pop("mm_vision_select_layer"), None, "mm_vision_select_layer is missing"),
+    ],
+)
 def test_what_cannot_be_converted_is_named(tiny_models, tmp_path, config_edit, weights_edit, message):
-    src = make_llava_repo_checkpoint(tiny_models["synthesizer"], tmp_path, config_edit=config_edit, weights_edit=weights_edit)
+    src = make_llava_repo_checkpoint(
+        tiny_models["synthesizer"], tmp_path, config_edit=config_edit, weights_edit=weights_edit
+    )
     result = convert(src, tmp_path / "hf")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr, result.stderr[-2000:]
@@ -77,8 +115,12 @@ def test_what_cannot_be_converted_is_named(tiny_models, tmp_path, config_edit, w
 
 
 def test_vision_tower_flag_supplies_a_tower_the_checkpoint_lacks(tiny_models, tmp_path):
-    src = make_llava_repo_checkpoint(tiny_models["synthesizer"], tmp_path, with_tower=False,
-                                     config_edit=lambda c: c.__setitem__("mm_vision_tower", "/nowhere/clip-vit"))
+    src = make_llava_repo_checkpoint(
+        tiny_models["synthesizer"],
+        tmp_path,
+        with_tower=False,
+        config_edit=lambda c: c.__setitem__("mm_vision_tower", "/nowhere/clip-vit"),
+    )
     missing = convert(src, tmp_path / "first")
     assert missing.returncode == 2 and "/nowhere/clip-vit" in missing.stderr and "Traceback" not in missing.stderr
     result = convert(src, tmp_path / "hf", "--vision_tower", str(tmp_path / "clip"))

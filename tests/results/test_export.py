@@ -58,8 +58,20 @@ def test_export_loads_with_datasets_rows_images_and_counts(tmp_path, capsys):
     final = read_json(run["final"])
     filtered = read_jsonl(run["data"])
     assert ds.num_rows == len(final) == 10
-    assert set(ds.column_names) == {"syn_id", "image", "image_path", "messages", "caption", "Q", "precise_A", "informative_A",
-                                    "consistency", "yes_prob", "synthetic_task", "no_task_reason"}
+    assert set(ds.column_names) == {
+        "syn_id",
+        "image",
+        "image_path",
+        "messages",
+        "caption",
+        "Q",
+        "precise_A",
+        "informative_A",
+        "consistency",
+        "yes_prob",
+        "synthetic_task",
+        "no_task_reason",
+    }
     assert isinstance(ds.features["image"], datasets.Image)
     for i, row in enumerate(ds):
         assert row["syn_id"] == i and row["image_path"] == f"im{i}.png"
@@ -96,7 +108,11 @@ def test_export_writes_a_dataset_card_with_every_stage_and_the_models(tmp_path):
     from huggingface_hub import DatasetCard
 
     metadata = DatasetCard(card).data  # the front matter the Hub reads (parsed offline)
-    assert metadata.license == "unknown" and metadata.pretty_name == "hf" and metadata.task_categories[0] == "visual-question-answering"
+    assert (
+        metadata.license == "unknown"
+        and metadata.pretty_name == "hf"
+        and metadata.task_categories[0] == "visual-question-answering"
+    )
 
 
 def test_export_of_a_llava_style_run_has_role_content_messages(tmp_path):
@@ -113,7 +129,20 @@ def test_export_of_a_llava_style_run_has_role_content_messages(tmp_path):
 def test_export_skips_format_rejects_and_rejects_an_image_gone_since(tmp_path):
     run = make_run(tmp_path, [f"Question {i}?" for i in range(6)])
     (run["images"] / "im1.png").unlink()  # format rejects record 1
-    assert main(["format", "--data_path", str(run["data"]), "--image_folder", str(run["images"]), "--output", str(run["final"])]) == 0
+    assert (
+        main(
+            [
+                "format",
+                "--data_path",
+                str(run["data"]),
+                "--image_folder",
+                str(run["images"]),
+                "--output",
+                str(run["final"]),
+            ]
+        )
+        == 0
+    )
     (run["images"] / "im4.png").write_bytes(b"not a png any more")  # broken after format
     assert export(run, tmp_path / "hf") == 0
     ds = datasets.load_from_disk(str(tmp_path / "hf"))
@@ -128,7 +157,21 @@ def tree(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
-@pytest.mark.parametrize("case", ["non-empty folder", "a file", "not a run", "final file of another run", "final file edited since format", "no image folder", "a stats folder the shards disagree with", "root image folder", "bad repo id", "offline push"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "non-empty folder",
+        "a file",
+        "not a run",
+        "final file of another run",
+        "final file edited since format",
+        "no image folder",
+        "a stats folder the shards disagree with",
+        "root image folder",
+        "bad repo id",
+        "offline push",
+    ],
+)
 def test_export_refuses_bad_input_before_any_work(tmp_path, capsys, case):
     run = formatted_run(tmp_path)
     to = tmp_path / "hf"
@@ -161,7 +204,9 @@ def test_export_refuses_bad_input_before_any_work(tmp_path, capsys, case):
         other = tmp_path / "elsewhere"
         shutil.copytree(run["images"], other)
         (run["out"] / "shards").mkdir()
-        (run["out"] / "shards" / "syn_task_triplets.input-of-001.json").write_text(json.dumps({"image_folder": str(run["images"].resolve())}))
+        (run["out"] / "shards" / "syn_task_triplets.input-of-001.json").write_text(
+            json.dumps({"image_folder": str(run["images"].resolve())})
+        )
         stats = read_json(run["out"] / "stats.json")
         stats["format"]["args"]["image_folder"] = str(other)
         (run["out"] / "stats.json").write_text(json.dumps(stats))
@@ -227,8 +272,11 @@ def test_push_to_hub_uploads_the_card_then_pushes_the_dataset_with_a_fake_hub(tm
     monkeypatch.setattr(datasets.Dataset, "push_to_hub", fake_push)
     run = formatted_run(tmp_path)
     assert export(run, tmp_path / "hf", "--push_to_hub", "me/biomed", "--private") == 0
-    assert calls == [("create_repo", "me/biomed", "dataset", True), ("upload_file", "me/biomed", "README.md", "---"),
-                     ("push_to_hub", "me/biomed", 10, True)]
+    assert calls == [
+        ("create_repo", "me/biomed", "dataset", True),
+        ("upload_file", "me/biomed", "README.md", "---"),
+        ("push_to_hub", "me/biomed", 10, True),
+    ]
     assert read_json(tmp_path / "hf" / "export.summary.json")["pushed_to"] == "me/biomed"
 
 
@@ -248,7 +296,9 @@ def test_export_help_explains_the_columns_and_the_push():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "adamllm", "export", "--help"], capture_output=True, text=True, env={**os.environ})
+    out = subprocess.run(
+        [sys.executable, "-m", "adamllm", "export", "--help"], capture_output=True, text=True, env={**os.environ}
+    )
     assert out.returncode == 0
     for text in ("--to DIR", "--push_to_hub REPO", "Dataset.push_to_hub", "license field", "export.rejects.jsonl"):
         assert text in out.stdout, text

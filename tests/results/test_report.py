@@ -17,8 +17,14 @@ from adamllm.results.report import write_report
 from adamllm.stage2.format import FormatArgs, run_format
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 EVIL = '<script>document.title="pwned";document.body.dataset.pwned="1"</script><img src=x onerror="document.title=\'pwned\'">'
 U = "<|start_header_id|>user<|end_header_id|>\n\n"
@@ -36,7 +42,9 @@ def chromium():
 def browse(tmp_path, url, *extra):
     result = subprocess.run(
         [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *extra, url],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
@@ -56,22 +64,56 @@ def run_dir(tmp_path):
         pred = f"Answer with a precise response.\nQ{i}?{A}P{i}{E}{U}Answer with an informative response.\nQ{i}?{A}Long {i}.{E}"
         row = {
             "images": [f"im{i}.png"],
-            "messages": [{"role": "user", "content": "<image>\nDescribe the image."}, {"role": "assistant", "content": f"Caption {i}. {EVIL}"}],
-            "syn_id": i, "pred": pred,
+            "messages": [
+                {"role": "user", "content": "<image>\nDescribe the image."},
+                {"role": "assistant", "content": f"Caption {i}. {EVIL}"},
+            ],
+            "syn_id": i,
+            "pred": pred,
             "collected_QA": {"Q": f"Q{i}? {EVIL}", "precise_A": f"P{i}", "informative_A": f"Long {i}."},
             "consistency": verdict,
         }
         if i == 4:
             row.update(pred="garbage", collected_QA=None, error={"reason": "no_triplet", "detail": "-"})
         if i == 5:
-            row.update(images=["missing.png"], pred=None, collected_QA=None, error={"reason": "image_missing", "detail": "-"})
+            row.update(
+                images=["missing.png"], pred=None, collected_QA=None, error={"reason": "image_missing", "detail": "-"}
+            )
         rows.append(row)
     (out / "filtered_task_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    fmt = FormatArgs(data_path=str(out / "filtered_task_pairs.jsonl"), image_folder=str(images), output=str(out / "image_caption_and_synthetic_task.json"))
+    fmt = FormatArgs(
+        data_path=str(out / "filtered_task_pairs.jsonl"),
+        image_folder=str(images),
+        output=str(out / "image_caption_and_synthetic_task.json"),
+    )
     summary = run_format(fmt)
     assert summary.records_out == 5  # the record with a missing image is rejected by format
-    update_stats(out, "synthesize", {"records_in": 6, "records_out": 5, "rejected": {"image_missing": 1}, "wall_s": 1.0, "engine_s": 0.5, "image_wait_s": 0.25, "prompt_tokens": 600, "output_tokens": 90, "args": {"image_folder": str(images)}})
-    update_stats(out, "filter", {"records_in": 6, "records_out": 2, "rejected": {"no_triplet": 1, "image_missing": 1, "consistency_no": 1, "consistency_open": 1}, "pass_rate": 0.5, "wall_s": 0.2})
+    update_stats(
+        out,
+        "synthesize",
+        {
+            "records_in": 6,
+            "records_out": 5,
+            "rejected": {"image_missing": 1},
+            "wall_s": 1.0,
+            "engine_s": 0.5,
+            "image_wait_s": 0.25,
+            "prompt_tokens": 600,
+            "output_tokens": 90,
+            "args": {"image_folder": str(images)},
+        },
+    )
+    update_stats(
+        out,
+        "filter",
+        {
+            "records_in": 6,
+            "records_out": 2,
+            "rejected": {"no_triplet": 1, "image_missing": 1, "consistency_no": 1, "consistency_open": 1},
+            "pass_rate": 0.5,
+            "wall_s": 0.2,
+        },
+    )
     update_stats(out, "format", {"records_in": 6, "records_out": 5, "rejected": {"image_missing": 1}})
     return out
 
@@ -82,14 +124,18 @@ def test_report_is_self_contained_and_escaped(run_dir):
     assert EVIL not in html and "&lt;script&gt;" in html
     assert "http://" not in html and "https://" not in html  # nothing to fetch: images are embedded
     assert html.count('src="data:image/jpeg;base64,') == 5
-    assert "<th>waiting for images s</th>" in html and "<td>synthesize</td><td>6</td><td>5</td><td>image_missing: 1</td><td>1.0</td><td>0.5</td><td>0.2</td>" in html
+    assert (
+        "<th>waiting for images s</th>" in html
+        and "<td>synthesize</td><td>6</td><td>5</td><td>image_missing: 1</td><td>1.0</td><td>0.5</td><td>0.2</td>"
+        in html
+    )
 
 
 def test_report_renders_in_chromium_with_filters_and_no_injected_script(run_dir, tmp_path):
     page = write_report(run_dir)
     dom = browse(tmp_path, page.as_uri(), "--dump-dom")
     assert dom.count('<section class="card') == 6
-    assert "pwned" not in dom.split("<body")[0] and 'data-pwned' not in dom
+    assert "pwned" not in dom.split("<body")[0] and "data-pwned" not in dom
     assert "<title>adamllm stage-2 report" in dom
     assert '<b id="shown">6</b>' in dom  # the page's own script ran (CSP allows it by hash)
     yes = browse(tmp_path, page.as_uri() + "#verdict=yes", "--dump-dom")
@@ -139,12 +185,14 @@ DELETE = object()
 
 def set_rows(*edits):
     """A change to the filtered records: (row index, field, value); value DELETE removes the field."""
+
     def change(rows):
         for i, key, value in edits:
             if value is DELETE:
                 del rows[i][key]
             else:
                 rows[i][key] = value
+
     return change
 
 
@@ -157,29 +205,77 @@ DAMAGES = {
     "records that are not objects": lambda out: edit_rows(out, not_objects),
     "error null": lambda out: edit_rows(out, set_rows((4, "error", None), (5, "error", None))),
     "error a string": lambda out: edit_rows(out, set_rows((4, "error", "oops"), (5, "error", 7))),
-    "collected_QA missing keys and non-strings": lambda out: edit_rows(out, set_rows(
-        (0, "collected_QA", {"Q": 5}), (1, "collected_QA", {"precise_A": ["x"], "informative_A": None}),
-        (2, "collected_QA", "Q?"), (3, "collected_QA", [1]))),
-    "syn_id a string or missing": lambda out: edit_rows(out, set_rows((0, "syn_id", "seven"), (1, "syn_id", DELETE), (2, "syn_id", {"a": 1}))),
-    "messages of the wrong shape": lambda out: edit_rows(out, set_rows(
-        (0, "messages", "hi"), (1, "messages", [1, 2]), (2, "messages", [{}, {"content": 7}]), (3, "messages", {"1": "x"}), (4, "messages", DELETE))),
-    "images of the wrong shape": lambda out: edit_rows(out, set_rows(
-        (0, "images", "im0.png"), (1, "images", [5]), (2, "images", []), (3, "images", ["a" * 5000]), (4, "images", [""]))),
-    "pred and consistency not text": lambda out: edit_rows(out, set_rows(
-        (0, "pred", {"a": 1}), (1, "pred", 7), (2, "consistency", ["yes"]), (3, "consistency", 1))),
-    "a lone surrogate in a caption": lambda out: edit_rows(out, lambda rows: rows[0]["messages"][1].update(content="bad \udc80 text")),
-    "final records malformed": lambda out: write_final(out, [
-        5, "x", {"messages": "no"}, {"messages": [1, {"role": 2, "content": None}]}, {"conversations": [{"from": "human"}]}, None]),
+    "collected_QA missing keys and non-strings": lambda out: edit_rows(
+        out,
+        set_rows(
+            (0, "collected_QA", {"Q": 5}),
+            (1, "collected_QA", {"precise_A": ["x"], "informative_A": None}),
+            (2, "collected_QA", "Q?"),
+            (3, "collected_QA", [1]),
+        ),
+    ),
+    "syn_id a string or missing": lambda out: edit_rows(
+        out, set_rows((0, "syn_id", "seven"), (1, "syn_id", DELETE), (2, "syn_id", {"a": 1}))
+    ),
+    "messages of the wrong shape": lambda out: edit_rows(
+        out,
+        set_rows(
+            (0, "messages", "hi"),
+            (1, "messages", [1, 2]),
+            (2, "messages", [{}, {"content": 7}]),
+            (3, "messages", {"1": "x"}),
+            (4, "messages", DELETE),
+        ),
+    ),
+    "images of the wrong shape": lambda out: edit_rows(
+        out,
+        set_rows(
+            (0, "images", "im0.png"),
+            (1, "images", [5]),
+            (2, "images", []),
+            (3, "images", ["a" * 5000]),
+            (4, "images", [""]),
+        ),
+    ),
+    "pred and consistency not text": lambda out: edit_rows(
+        out, set_rows((0, "pred", {"a": 1}), (1, "pred", 7), (2, "consistency", ["yes"]), (3, "consistency", 1))
+    ),
+    "a lone surrogate in a caption": lambda out: edit_rows(
+        out, lambda rows: rows[0]["messages"][1].update(content="bad \udc80 text")
+    ),
+    "final records malformed": lambda out: write_final(
+        out,
+        [
+            5,
+            "x",
+            {"messages": "no"},
+            {"messages": [1, {"role": 2, "content": None}]},
+            {"conversations": [{"from": "human"}]},
+            None,
+        ],
+    ),
     "final file short": lambda out: write_final(out, []),
     "final file missing": lambda out: (out / "image_caption_and_synthetic_task.json").unlink(),
     "rejects rows without index": lambda out: (out / "image_caption_and_synthetic_task.rejects.jsonl").write_text(
-        '{"reason": "x"}\n5\n{"index": "3"}\n{"index": true}\n[]\n'),
-    "stats fields of wrong types": lambda out: edit_stats(out, lambda s: s.update(
-        filter={"pass_rate": "abc", "wall_s": None, "rejected": [1], "prompt_tokens": "many", "args": "x"},
-        format=[1, 2],
-        synthesize={**s["synthesize"], "records_in": {"a": 1}, "wall_s": 10**400, "engine_s": float("inf"), "rejected": {"x": "y", "z": None}},
-    )),
-    "stats args of wrong types": lambda out: edit_stats(out, lambda s: s["synthesize"].update(args={"image_folder": 5})),
+        '{"reason": "x"}\n5\n{"index": "3"}\n{"index": true}\n[]\n'
+    ),
+    "stats fields of wrong types": lambda out: edit_stats(
+        out,
+        lambda s: s.update(
+            filter={"pass_rate": "abc", "wall_s": None, "rejected": [1], "prompt_tokens": "many", "args": "x"},
+            format=[1, 2],
+            synthesize={
+                **s["synthesize"],
+                "records_in": {"a": 1},
+                "wall_s": 10**400,
+                "engine_s": float("inf"),
+                "rejected": {"x": "y", "z": None},
+            },
+        ),
+    ),
+    "stats args of wrong types": lambda out: edit_stats(
+        out, lambda s: s["synthesize"].update(args={"image_folder": 5})
+    ),
     "stats with no stages": lambda out: (out / "stats.json").write_text("{}"),
 }
 
@@ -222,14 +318,25 @@ def test_report_names_a_file_that_is_not_json(run_dir, name, content, capsys):
 
 
 def test_report_escapes_every_hand_edited_field_in_chromium(run_dir, tmp_path):
-    edit_rows(run_dir, set_rows(
-        (0, "syn_id", "<form action=x><input></form>"), (1, "syn_id", FORM), (1, "consistency", FORM),
-        (2, "error", {"reason": FORM}), (2, "images", [FORM]), (3, "collected_QA", {"Q": FORM, "precise_A": 5}), (4, "pred", FORM),
-    ))
+    edit_rows(
+        run_dir,
+        set_rows(
+            (0, "syn_id", "<form action=x><input></form>"),
+            (1, "syn_id", FORM),
+            (1, "consistency", FORM),
+            (2, "error", {"reason": FORM}),
+            (2, "images", [FORM]),
+            (3, "collected_QA", {"Q": FORM, "precise_A": 5}),
+            (4, "pred", FORM),
+        ),
+    )
     final = read_json(run_dir / "image_caption_and_synthetic_task.json")
     final[0]["messages"][0]["role"] = FORM
     write_final(run_dir, final)
-    edit_stats(run_dir, lambda s: s["filter"].update(rejected={FORM: 1}, records_in=FORM, pass_rate=FORM, args={"engine": FORM}))
+    edit_stats(
+        run_dir,
+        lambda s: s["filter"].update(rejected={FORM: 1}, records_in=FORM, pass_rate=FORM, args={"engine": FORM}),
+    )
     page = write_report(run_dir)
     html = page.read_text()
     assert "<form" not in html and "<input" not in html and "&lt;form action=x&gt;" in html
@@ -256,7 +363,9 @@ def test_report_refuses_a_stats_folder_the_shards_disagree_with(run_dir, tmp_pat
     other.mkdir()
     Image.new("RGB", (8, 8)).save(other / "im0.png")
     (run_dir / "shards").mkdir()
-    (run_dir / "shards" / "syn_task_triplets.input-of-002.json").write_text(json.dumps({"input": "x", "image_folder": str(images.resolve())}))
+    (run_dir / "shards" / "syn_task_triplets.input-of-002.json").write_text(
+        json.dumps({"input": "x", "image_folder": str(images.resolve())})
+    )
     edit_stats(run_dir, lambda s: s["synthesize"]["args"].update(image_folder=str(other)))
     with pytest.raises(ValueError) as refused:
         write_report(run_dir)
@@ -272,7 +381,9 @@ def test_report_embeds_only_images_inside_the_recorded_folder(run_dir, tmp_path)
     secret = tmp_path / "secret.png"
     Image.new("RGB", (8, 8), (255, 0, 0)).save(secret)
     (images / "link.png").symlink_to(secret)
-    edit_rows(run_dir, set_rows((0, "images", ["../secret.png"]), (1, "images", [str(secret)]), (2, "images", ["link.png"])))
+    edit_rows(
+        run_dir, set_rows((0, "images", ["../secret.png"]), (1, "images", [str(secret)]), (2, "images", ["link.png"]))
+    )
     html = write_report(run_dir).read_text()
     assert html.count('src="data:image/jpeg;base64,') == 2  # im3, im4; im5 is missing
     assert f'Images from: <b id="image-folder">{images.resolve()} (the synthesize args in stats.json)</b>' in html
@@ -297,7 +408,9 @@ def test_report_decodes_each_image_once(run_dir, monkeypatch):
     edit_rows(run_dir, lambda rows: [row.update(images=["im0.png"]) for row in rows[:4]])
     decoded = []
     real = adamllm.results.report.load_image
-    monkeypatch.setattr(adamllm.results.report, "load_image", lambda folder, path: decoded.append(path) or real(folder, path))
+    monkeypatch.setattr(
+        adamllm.results.report, "load_image", lambda folder, path: decoded.append(path) or real(folder, path)
+    )
     html = write_report(run_dir).read_text()
     assert sorted(decoded) == ["im0.png", "im4.png", "missing.png"]
     assert html.count('src="data:image/jpeg;base64,') == 5
@@ -310,8 +423,19 @@ def test_report_decodes_each_image_once(run_dir, monkeypatch):
         ({}, "none (no prompt was run: no triplet to judge)"),
         ({"prompt_tokens": 0, "prompt_tokens_computed": 0}, "none (no prompt was run: no triplet to judge)"),
         ({"prompt_tokens": 900, "args": {"engine": "vllm"}}, "not measured by this engine"),
-        ({"prompt_tokens": 900, "cached_prompt_tokens": 0, "args": {"engine": "hf"}}, "not measured by this engine (hf)"),
-        ({"prompt_tokens": 900, "cached_prompt_tokens": 600, "prompt_tokens_computed": 300, "args": {"engine": "vllm"}}, "600"),
+        (
+            {"prompt_tokens": 900, "cached_prompt_tokens": 0, "args": {"engine": "hf"}},
+            "not measured by this engine (hf)",
+        ),
+        (
+            {
+                "prompt_tokens": 900,
+                "cached_prompt_tokens": 600,
+                "prompt_tokens_computed": 300,
+                "args": {"engine": "vllm"},
+            },
+            "600",
+        ),
     ],
 )
 def test_report_says_what_the_prefix_cache_served_or_why_not(run_dir, filter_stats, shown):
@@ -330,7 +454,9 @@ def curated_run(tmp_path):
     from adamllm.cli import main
 
     same = [f"What is shown? {EVIL}", f"what is SHOWN {EVIL}"]
-    questions = [same[i % 2] for i in range(7)] + ["How many cups?", "Which colour?"] + ["Is it red?", "Is it red?", "Why?"]
+    questions = (
+        [same[i % 2] for i in range(7)] + ["How many cups?", "Which colour?"] + ["Is it red?", "Is it red?", "Why?"]
+    )
     verdicts = ["yes"] * 9 + ["no"] * 3
     p_yes = [0.95] * 6 + [0.6] + [0.9, 0.99] + [None] * 3
     run = make_run(tmp_path, questions, verdicts, p_yes)
@@ -338,8 +464,24 @@ def curated_run(tmp_path):
     for row in rows[9:]:
         row["consistency_logprobs"] = {"yes": -2.0, "no": -0.2}
     run["data"].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert main(["format", "--data_path", str(run["data"]), "--image_folder", str(run["images"]), "--output", str(run["final"]),
-                 "--dedup", "exact", "--min_yes_prob", "0.8"]) == 0
+    assert (
+        main(
+            [
+                "format",
+                "--data_path",
+                str(run["data"]),
+                "--image_folder",
+                str(run["images"]),
+                "--output",
+                str(run["final"]),
+                "--dedup",
+                "exact",
+                "--min_yes_prob",
+                "0.8",
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -350,19 +492,28 @@ def test_report_shows_top_questions_and_what_curation_did(curated_run):
     curation = read_json(curated_run["out"] / "stats.json")["format"]["curation"]
     # the unconfident record drops first; 5 of the 6 confident ones asking the same question drop next
     assert curation["dropped_low_yes_prob"] == 1 and curation["dropped_duplicate"] == 5
-    assert ('Duplicate questions (<code>--dedup exact</code>, at most 1 per question): <b>8</b> questions seen, '
-            '<b>3</b> distinct, <b>5</b> dropped as duplicates') in html
+    assert (
+        "Duplicate questions (<code>--dedup exact</code>, at most 1 per question): <b>8</b> questions seen, "
+        "<b>3</b> distinct, <b>5</b> dropped as duplicates"
+    ) in html
     assert "(<code>--min_yes_prob 0.8</code>): <b>9</b> tasks checked, <b>1</b> dropped below it" in html
     assert html.count('data-reason="duplicate_question"') == 5 and html.count('data-reason="low_yes_prob"') == 1
     # the P(yes) plot: 8 kept by the confidence filter, 1 below it, 3 other verdicts, and the threshold line
     assert 'aria-label="P(yes) distribution"' in html and "<title>--min_yes_prob 0.8</title>" in html
-    assert "yes, kept by the confidence filter: 8" in html and "yes, below --min_yes_prob: 1" in html and "verdict no / open / invalid: 3" in html
+    assert (
+        "yes, kept by the confidence filter: 8" in html
+        and "yes, below --min_yes_prob: 1" in html
+        and "verdict no / open / invalid: 3" in html
+    )
     assert html.count('data-series="dropped"') == 1 and 'data-series="other"' in html
     # the questions: the synthesizer's favourite first, shown as text, kept once; the "no" verdict's own table
     assert normalise_question(f"What is shown? {EVIL}") == normalise_question(f"what is SHOWN {EVIL}")
     evil = escape(f"What is shown? {EVIL}")
     assert f"<tr><td>{evil}</td><td>7</td><td>1</td></tr>" in html
-    assert "<b>verdict no</b>: 3 questions, 2 distinct" in html and "<tr><td>Is it red?</td><td>2</td><td>0</td></tr>" in html
+    assert (
+        "<b>verdict no</b>: 3 questions, 2 distinct" in html
+        and "<tr><td>Is it red?</td><td>2</td><td>0</td></tr>" in html
+    )
     assert EVIL not in html
 
 
@@ -383,12 +534,32 @@ def test_report_curation_filters_work_in_chromium(curated_run, tmp_path):
 
 CURATION_DAMAGES = {
     "curation rows malformed": lambda out: (out / "image_caption_and_synthetic_task.curation.jsonl").write_text(
-        '{"index": 0, "reason": 5}\n7\n{"index": "1", "reason": "duplicate_question"}\n{"index": 2, "reason": "' + FORM.replace('"', "'") + '"}\n'),
-    "stats curation of wrong types": lambda out: edit_stats(out, lambda s: s["format"].update(curation={
-        "dedup": FORM, "max_per_question": "x", "questions_seen": None, "min_yes_prob": FORM, "yes_prob_checked": [1]})),
+        '{"index": 0, "reason": 5}\n7\n{"index": "1", "reason": "duplicate_question"}\n{"index": 2, "reason": "'
+        + FORM.replace('"', "'")
+        + '"}\n'
+    ),
+    "stats curation of wrong types": lambda out: edit_stats(
+        out,
+        lambda s: s["format"].update(
+            curation={
+                "dedup": FORM,
+                "max_per_question": "x",
+                "questions_seen": None,
+                "min_yes_prob": FORM,
+                "yes_prob_checked": [1],
+            }
+        ),
+    ),
     "stats curation not an object": lambda out: edit_stats(out, lambda s: s["format"].update(curation=[FORM])),
-    "logprobs hand-edited": lambda out: edit_rows(out, set_rows((0, "consistency_logprobs", {"yes": "x"}), (1, "consistency_logprobs", {"yes": 3.0}),
-                                                              (2, "consistency_logprobs", {"yes": -1e308, "no": -1e-308}), (3, "consistency_logprobs", [1]))),
+    "logprobs hand-edited": lambda out: edit_rows(
+        out,
+        set_rows(
+            (0, "consistency_logprobs", {"yes": "x"}),
+            (1, "consistency_logprobs", {"yes": 3.0}),
+            (2, "consistency_logprobs", {"yes": -1e308, "no": -1e-308}),
+            (3, "consistency_logprobs", [1]),
+        ),
+    ),
 }
 
 
@@ -415,7 +586,12 @@ def test_report_names_a_curation_file_that_is_not_json(run_dir, capsys):
 
 # --- big runs: the summary over every record, cards for a seeded sample (issue #16) ----------------
 # (verdict, error reason) of record i of a big run, in proportions of a real run
-OUTCOMES = [("yes", None)] * 6 + [("no", None)] * 7 + [("open", None)] * 2 + [("invalid", None), (None, "no_triplet"), (None, "no_triplet"), (None, "image_missing")]
+OUTCOMES = (
+    [("yes", None)] * 6
+    + [("no", None)] * 7
+    + [("open", None)] * 2
+    + [("invalid", None), (None, "no_triplet"), (None, "no_triplet"), (None, "image_missing")]
+)
 
 
 def big_rows(n):
@@ -424,9 +600,14 @@ def big_rows(n):
         verdict, reason = OUTCOMES[i * 7 % len(OUTCOMES)]
         row = {
             "images": ["gone.png" if reason == "image_missing" else f"im{i % 4}.png"],
-            "messages": [{"role": "user", "content": "<image>\nDescribe the image."}, {"role": "assistant", "content": f"Caption {i}."}],
-            "syn_id": i, "pred": f"Answer with a precise response.\nQ{i % 50}?{A}P{i}{E}",
-            "collected_QA": {"Q": f"Q{i % 50}?", "precise_A": f"P{i}", "informative_A": f"Long answer {i}."}, "consistency": verdict,
+            "messages": [
+                {"role": "user", "content": "<image>\nDescribe the image."},
+                {"role": "assistant", "content": f"Caption {i}."},
+            ],
+            "syn_id": i,
+            "pred": f"Answer with a precise response.\nQ{i % 50}?{A}P{i}{E}",
+            "collected_QA": {"Q": f"Q{i % 50}?", "precise_A": f"P{i}", "informative_A": f"Long answer {i}."},
+            "consistency": verdict,
         }
         if reason:
             row.update(collected_QA=None, error={"reason": reason, "detail": "-"})
@@ -439,8 +620,13 @@ def big_run(run_dir):
     """run_dir's folder holding 3,000 records instead of 6, formatted by the real format."""
     edit_rows(run_dir, lambda rows: rows.__setitem__(slice(None), big_rows(3000)))
     images = run_dir.parent / "images"
-    summary = run_format(FormatArgs(data_path=str(run_dir / "filtered_task_pairs.jsonl"), image_folder=str(images),
-                                    output=str(run_dir / "image_caption_and_synthetic_task.json")))
+    summary = run_format(
+        FormatArgs(
+            data_path=str(run_dir / "filtered_task_pairs.jsonl"),
+            image_folder=str(images),
+            output=str(run_dir / "image_caption_and_synthetic_task.json"),
+        )
+    )
     assert summary.records_in == 3000
     return run_dir
 
@@ -467,8 +653,13 @@ def test_report_of_thousands_of_records_shows_a_bounded_sample_and_counts_every_
     assert len(html.encode()) < 150_000  # every card: about 2 MB
     assert f"<b>{len(ids)}</b> of the <b>3000</b> records, at most 7 per verdict and reason" in html
     # the summary is over every record, not the sample
-    assert f"<tr><td>yes</td><td>{sizes['yes', '']}</td></tr>" in html and f"<tr><td>no</td><td>{sizes['no', 'consistency_no']}</td></tr>" in html
-    assert f'data-group-verdict="none" data-group-reason="no_triplet" data-records="{sizes["none", "no_triplet"]}"' in html
+    assert (
+        f"<tr><td>yes</td><td>{sizes['yes', '']}</td></tr>" in html
+        and f"<tr><td>no</td><td>{sizes['no', 'consistency_no']}</td></tr>" in html
+    )
+    assert (
+        f'data-group-verdict="none" data-group-reason="no_triplet" data-records="{sizes["none", "no_triplet"]}"' in html
+    )
     triplets = 3000 - sizes["none", "no_triplet"] - sizes["none", "image_missing"]
     assert f"question length</b> (n={triplets}, words)" in html
     assert f"<b>verdict yes</b>: {sizes['yes', '']} questions, 50 distinct" in html
@@ -476,7 +667,7 @@ def test_report_of_thousands_of_records_shows_a_bounded_sample_and_counts_every_
     default = card_ids(write_report(big_run).read_text())
     assert len(default) == 20 * len(sizes) and set(ids) <= set(default)  # a larger sample holds the smaller one
     every = write_report(big_run, cards_per_group=3000).read_text()
-    assert len(card_ids(every)) == 3000 and 'A card for each of the <b>3000</b> records' in every
+    assert len(card_ids(every)) == 3000 and "A card for each of the <b>3000</b> records" in every
 
 
 def test_report_sample_is_the_same_on_every_run_and_the_seed_changes_it(big_run):
@@ -496,7 +687,10 @@ def test_report_filters_work_on_the_sample_in_chromium(big_run, tmp_path):
     yes = browse(tmp_path, page.as_uri() + "#verdict=yes", "--dump-dom")
     assert '<b id="shown">4</b>' in yes and f'<b id="matching">{sizes["yes", ""]}</b>' in yes
     none = browse(tmp_path, page.as_uri() + "#verdict=none", "--dump-dom")  # two groups: no_triplet, image_missing
-    assert '<b id="shown">8</b>' in none and f'<b id="matching">{sizes["none", "no_triplet"] + sizes["none", "image_missing"]}</b>' in none
+    assert (
+        '<b id="shown">8</b>' in none
+        and f'<b id="matching">{sizes["none", "no_triplet"] + sizes["none", "image_missing"]}</b>' in none
+    )
     missing = browse(tmp_path, page.as_uri() + "#verdict=none&reason=image_missing", "--dump-dom")
     assert '<b id="shown">4</b>' in missing and f'<b id="matching">{sizes["none", "image_missing"]}</b>' in missing
 
@@ -504,11 +698,17 @@ def test_report_filters_work_on_the_sample_in_chromium(big_run, tmp_path):
 def test_report_with_a_new_reason_on_every_record_stays_bounded(big_run):
     from adamllm.results.report_summary import MAX_GROUPS
 
-    edit_rows(big_run, lambda rows: [row.update(consistency=None, error={"reason": f"{FORM} {i}"}) for i, row in enumerate(rows)])
+    edit_rows(
+        big_run,
+        lambda rows: [row.update(consistency=None, error={"reason": f"{FORM} {i}"}) for i, row in enumerate(rows)],
+    )
     edit_rows(big_run, lambda rows: [row.update(consistency=f"v{i}") for i, row in enumerate(rows[:1000])])
     html = write_report(big_run, cards_per_group=3).read_text()
     assert len(card_ids(html)) == MAX_GROUPS + 3  # a card for each of the first groups; the others share one sample
-    assert f"<tr><td>{3000 - MAX_GROUPS} more groups</td><td>(they share one sample)</td><td>{3000 - MAX_GROUPS}</td><td>3</td></tr>" in html
+    assert (
+        f"<tr><td>{3000 - MAX_GROUPS} more groups</td><td>(they share one sample)</td><td>{3000 - MAX_GROUPS}</td><td>3</td></tr>"
+        in html
+    )
     assert html.count("<option ") <= 2 * (MAX_GROUPS + 1) and len(html.encode()) < 400_000
     assert "<form" not in html
 
@@ -516,8 +716,15 @@ def test_report_with_a_new_reason_on_every_record_stays_bounded(big_run):
 def test_report_clips_a_huge_record_on_its_card(run_dir):
     huge = "w " * 1_000_000
     pairs = "".join(f"Answer with a precise response.\nQ{i}?{A}P{i}{E}{U}" for i in range(5000))
-    edit_rows(run_dir, set_rows((0, "messages", [{"role": "user", "content": "x"}, {"role": "assistant", "content": huge}]), (1, "pred", pairs),
-                                (2, "collected_QA", {"Q": huge, "precise_A": huge, "informative_A": "x"}), (3, "syn_id", huge)))
+    edit_rows(
+        run_dir,
+        set_rows(
+            (0, "messages", [{"role": "user", "content": "x"}, {"role": "assistant", "content": huge}]),
+            (1, "pred", pairs),
+            (2, "collected_QA", {"Q": huge, "precise_A": huge, "informative_A": "x"}),
+            (3, "syn_id", huge),
+        ),
+    )
     final = read_json(run_dir / "image_caption_and_synthetic_task.json")
     final[0]["messages"] = [{"role": "user", "content": "turn"}] * 3000
     write_final(run_dir, final)
@@ -542,4 +749,8 @@ def test_report_with_no_cards_still_counts_every_record(run_dir, capsys):
 
     assert main(["report", str(run_dir), "--cards-per-group", "0"]) == 0
     html = (run_dir / "report.html").read_text()
-    assert '<section class="card"' not in html and "<b>0</b> of the <b>6</b> records" in html and "<tr><td>yes</td><td>2</td></tr>" in html
+    assert (
+        '<section class="card"' not in html
+        and "<b>0</b> of the <b>6</b> records" in html
+        and "<tr><td>yes</td><td>2</td></tr>" in html
+    )

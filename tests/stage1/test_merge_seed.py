@@ -41,7 +41,10 @@ def test_merge_joins_on_base_names_and_formats_records(seed_fixtures, tmp_path):
         assert conv[1] == {"from": "gpt", "value": caps[record["image"]]}
         assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2)
         questions = [t["value"] for t in conv[2::2]]
-        assert sorted(q.split("\n")[0] for q in questions) == ["Answer with a precise response.", "Answer with an informative response."]
+        assert sorted(q.split("\n")[0] for q in questions) == [
+            "Answer with a precise response.",
+            "Answer with an informative response.",
+        ]
         assert all("<image>" not in q for q in questions)
         vflan_q = precise[record["image"]]["conversations"][0]["value"].replace("<image>", "").strip()
         assert f"Answer with a precise response.\n{vflan_q}" in questions
@@ -82,7 +85,10 @@ def test_drops_and_rejects_reconcile(seed_fixtures, tmp_path):
     precise = [p for p in precise if not p["image"].endswith("seed_00001.png")]
     informative = [p for p in informative if not p["image"].endswith("seed_00002.png")]
     # Malformed records, each rejected with its reason while the rest goes on.
-    captions += [{"image": "x.png"}, {"image": "seed_00003.png", "conversations": [{"value": "<image>"}, {"value": " "}]}]
+    captions += [
+        {"image": "x.png"},
+        {"image": "seed_00003.png", "conversations": [{"value": "<image>"}, {"value": " "}]},
+    ]
     captions.append(dict(captions[3]))  # a duplicate caption
     precise.append({"image": "y.png", "conversations": [{"value": "q"}, {"value": "a"}]})  # no task_name
     informative.append({"image": "z.png", "conversations": [{"value": "<image>\n"}, {"value": "a"}]})  # empty question
@@ -100,7 +106,11 @@ def test_drops_and_rejects_reconcile(seed_fixtures, tmp_path):
     assert read == {"caption": len(captions), "precise": len(precise), "informative": len(informative)}
     rejects = read_jsonl(tmp_path / "out.rejects.jsonl")
     assert len(rejects) == sum(summary["records_rejected"].values()) + sum(summary["images_dropped"].values())
-    assert {r["image"] for r in rejects if r["source"] == "merge"} == {"seed_00000.png", "seed_00001.png", "seed_00002.png"}
+    assert {r["image"] for r in rejects if r["source"] == "merge"} == {
+        "seed_00000.png",
+        "seed_00001.png",
+        "seed_00002.png",
+    }
     assert read_json(tmp_path / "out.summary.json")["records_written"] == len(train)
 
 
@@ -126,6 +136,12 @@ def test_special_tokens_in_seed_text_are_stripped_and_counted(seed_fixtures, tmp
 
 def test_args_checked_together(tmp_path):
     with pytest.raises(ValueError) as e:
-        MergeSeedArgs(caption_path="nope", precise_qa_path="nope2", informative_qa_path="nope3", output="o", replace_with_blank_image_percent=120)
+        MergeSeedArgs(
+            caption_path="nope",
+            precise_qa_path="nope2",
+            informative_qa_path="nope3",
+            output="o",
+            replace_with_blank_image_percent=120,
+        )
     msg = str(e.value)
     assert "--caption_path nope" in msg and "--informative_qa_path" in msg and "[0, 100]" in msg

@@ -27,10 +27,16 @@ def seed(tmp_path_factory):
 @pytest.fixture(scope="module")
 def merged(seed, tmp_path_factory):
     out = tmp_path_factory.mktemp("merged") / "train.json"
-    run_merge_seed(MergeSeedArgs(
-        caption_path=str(seed["caption"]), precise_qa_path=str(seed["precise"]), informative_qa_path=str(seed["informative"]),
-        output=str(out), blank_image_path=str(out.parent / "blank.png"), replace_with_blank_image_percent=25,
-    ))
+    run_merge_seed(
+        MergeSeedArgs(
+            caption_path=str(seed["caption"]),
+            precise_qa_path=str(seed["precise"]),
+            informative_qa_path=str(seed["informative"]),
+            output=str(out),
+            blank_image_path=str(out.parent / "blank.png"),
+            replace_with_blank_image_percent=25,
+        )
+    )
     return out
 
 
@@ -40,7 +46,14 @@ def dataset(tiny_models, seed, merged):
     from adamllm.stage1.train_data import SeedDataset
 
     processor = load_processor(str(tiny_models["synthesizer"]))
-    return SeedDataset(str(merged), processor, str(seed["image_folder"]), str(merged.parent / "blank.png"), 6144, merged.parent / "r.jsonl")
+    return SeedDataset(
+        str(merged),
+        processor,
+        str(seed["image_folder"]),
+        str(merged.parent / "blank.png"),
+        6144,
+        merged.parent / "r.jsonl",
+    )
 
 
 def test_labels_train_from_the_first_hint_to_eos(dataset):
@@ -98,17 +111,32 @@ def test_truncation_and_bad_records_counted(tiny_models, seed, merged, tmp_path)
     path = tmp_path / "d.json"
     path.write_text(json.dumps(records))
     processor = load_processor(str(tiny_models["synthesizer"]))
-    full = SeedDataset(str(merged), processor, str(seed["image_folder"]), str(merged.parent / "blank.png"), 6144, tmp_path / "r0.jsonl")
+    full = SeedDataset(
+        str(merged), processor, str(seed["image_folder"]), str(merged.parent / "blank.png"), 6144, tmp_path / "r0.jsonl"
+    )
     # Room for every prompt (the masked head) but not for every whole sequence.
     heads = [int((full[i]["labels"] == -100).sum()) for i in range(len(full))]
     limit = max(heads) + 2
-    ds = SeedDataset(str(path), processor, str(seed["image_folder"]), str(merged.parent / "blank.png"), limit, tmp_path / "r.jsonl")
+    ds = SeedDataset(
+        str(path), processor, str(seed["image_folder"]), str(merged.parent / "blank.png"), limit, tmp_path / "r.jsonl"
+    )
     assert ds.counts["records_in"] == len(records) == ds.counts["records_used"] + 3
-    assert {r["reason"] for r in read_jsonl(tmp_path / "r.jsonl")} == {"unsafe_image_path", "bad_schema", "image_missing"}
+    assert {r["reason"] for r in read_jsonl(tmp_path / "r.jsonl")} == {
+        "unsafe_image_path",
+        "bad_schema",
+        "image_missing",
+    }
     lengths = [len(ds[i]["input_ids"]) for i in range(len(ds))]
     assert 0 < ds.counts["truncated"] == sum(n == limit for n in lengths) and max(lengths) == limit
     assert [min(e.length, limit) for e in ds.examples] == lengths
-    short = SeedDataset(str(path), processor, str(seed["image_folder"]), str(merged.parent / "blank.png"), min(heads), tmp_path / "r2.jsonl")
+    short = SeedDataset(
+        str(path),
+        processor,
+        str(seed["image_folder"]),
+        str(merged.parent / "blank.png"),
+        min(heads),
+        tmp_path / "r2.jsonl",
+    )
     assert short.counts["rejected_prompt_too_long"] > 0
 
 
@@ -120,8 +148,12 @@ def test_vision_tower_gets_its_own_learning_rate(tiny_models, dataset, tmp_path)
     from adamllm.stage1.train_data import Collator
 
     model = LlavaNextForConditionalGeneration.from_pretrained(str(tiny_models["synthesizer"]))
-    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=2e-5, weight_decay=0.1, use_cpu=True, report_to="none")
-    trainer = SynthesizerTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(0), vision_lr=2e-6)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), learning_rate=2e-5, weight_decay=0.1, use_cpu=True, report_to="none"
+    )
+    trainer = SynthesizerTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=Collator(0), vision_lr=2e-6
+    )
     optimizer = trainer.create_optimizer()
     by_kind = {}
     names = {id(p): n for n, p in model.named_parameters()}
@@ -132,7 +164,9 @@ def test_vision_tower_gets_its_own_learning_rate(tiny_models, dataset, tmp_path)
     n_params = sum(len(g["params"]) for g in optimizer.param_groups)
     assert n_params == sum(1 for p in model.parameters() if p.requires_grad)
     sampler = trainer._get_train_sampler()
-    assert isinstance(sampler, transformers.trainer_pt_utils.LengthGroupedSampler) is (args.train_sampling_strategy == "group_by_length")
+    assert isinstance(sampler, transformers.trainer_pt_utils.LengthGroupedSampler) is (
+        args.train_sampling_strategy == "group_by_length"
+    )
 
 
 @pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
@@ -145,9 +179,17 @@ def test_deepspeed_configs_fill_their_auto_values(config, tiny_models, tmp_path)
     from adamllm.stage1.train import TrainingArguments
 
     raw = json.loads((ROOT / "scripts" / config).read_text())
-    assert "optimizer" not in raw and "scheduler" not in raw, "an optimizer block would lose the vision tower's learning rate"
+    assert "optimizer" not in raw and "scheduler" not in raw, (
+        "an optimizer block would lose the vision tower's learning rate"
+    )
     model = LlavaNextForConditionalGeneration.from_pretrained(str(tiny_models["synthesizer"]))
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=4, use_cpu=True, report_to="none")
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=4,
+        use_cpu=True,
+        report_to="none",
+    )
     hf = HfTrainerDeepSpeedConfig(raw)  # registers itself globally: undone below for the tests after this one
     try:
         hf.trainer_config_process(args)
@@ -160,13 +202,34 @@ def test_deepspeed_configs_fill_their_auto_values(config, tiny_models, tmp_path)
 
 
 def tune(tiny_models, seed, save, *flags, port):
-    env = dict(os.environ, BASE_MODEL=str(tiny_models["synthesizer"]), SAVE_PATH=str(save), PYTHON=sys.executable,
-               BATCH_SIZE="2", GLOBAL_BATCH="8", MASTER_PORT=str(port))
+    env = dict(
+        os.environ,
+        BASE_MODEL=str(tiny_models["synthesizer"]),
+        SAVE_PATH=str(save),
+        PYTHON=sys.executable,
+        BATCH_SIZE="2",
+        GLOBAL_BATCH="8",
+        MASTER_PORT=str(port),
+    )
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return subprocess.run(
-        ["bash", str(ROOT / "scripts" / "tune_synthesizer.sh"), str(seed["caption"]), str(seed["precise"]), str(seed["informative"]),
-         str(seed["image_folder"]), "--learning_rate", "1e-3", "--save_steps", "3", *flags],
-        capture_output=True, text=True, env=env, cwd=ROOT,
+        [
+            "bash",
+            str(ROOT / "scripts" / "tune_synthesizer.sh"),
+            str(seed["caption"]),
+            str(seed["precise"]),
+            str(seed["informative"]),
+            str(seed["image_folder"]),
+            "--learning_rate",
+            "1e-3",
+            "--save_steps",
+            "3",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
 
 
@@ -183,15 +246,39 @@ def test_tune_synthesizer_zero3_two_processes_resume_and_vllm_load(tiny_models, 
     losses = [x["loss"] for x in summary["loss_curve"]]
     assert len(losses) == 8 and losses[-1] < 0.9 * losses[0], losses  # the curve spans both runs
     assert sorted(p.name for p in save.glob("checkpoint-*")) == ["checkpoint-8"]  # save_total_limit 1
-    assert summary["group_learning_rates"]["vision_tower"] == pytest.approx(summary["group_learning_rates"]["language_model_and_projector"] / 10)
+    assert summary["group_learning_rates"]["vision_tower"] == pytest.approx(
+        summary["group_learning_rates"]["language_model_and_projector"] / 10
+    )
     merged = read_json(save / "seed_train.summary.json")
-    assert summary["records_used"] == merged["records_written"] and summary["blank_images"] == merged["blank_images"] == round(merged["records_written"] / 10)
+    assert summary["records_used"] == merged["records_written"] and summary["blank_images"] == merged[
+        "blank_images"
+    ] == round(merged["records_written"] / 10)
     # The ZeRO-3 save loads in vLLM (hub key layout) and stops at <|end_of_text|>.
-    assert read_json(save / "generation_config.json")["eos_token_id"] == 0 + read_json(save / "config.json")["text_config"]["eos_token_id"]
+    assert (
+        read_json(save / "generation_config.json")["eos_token_id"]
+        == 0 + read_json(save / "config.json")["text_config"]["eos_token_id"]
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "adamllm", "synthesize", "--model", str(save), "--data_path", str(ROOT / "data_samples" / "image_caption_pairs.json"),
-         "--image_folder", str(ROOT / "data_samples" / "images"), "--output_dir", str(tmp_path / "out"), "--limit", "2", "--max_new_tokens", "8"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "adamllm",
+            "synthesize",
+            "--model",
+            str(save),
+            "--data_path",
+            str(ROOT / "data_samples" / "image_caption_pairs.json"),
+            "--image_folder",
+            str(ROOT / "data_samples" / "images"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--limit",
+            "2",
+            "--max_new_tokens",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(isinstance(r["pred"], str) for r in read_jsonl(tmp_path / "out" / "syn_task_triplets.jsonl"))
@@ -217,8 +304,21 @@ def test_ranks_leave_together_and_end_their_process_group(tmp_path):
         "assert not dist.is_initialized()\n"
     )
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29615", str(script), str(tmp_path / "done")],
-        capture_output=True, text=True, cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"},
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29615",
+            str(script),
+            str(tmp_path / "done"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -234,29 +334,79 @@ def test_stage1_feeds_stage2_a_trained_synthesizer_writes_parsable_triplets(tiny
     # would sum over as many threads as the machine has cores, or over one once a vLLM engine ran here
     # (vLLM also turns torch.set_num_threads into a no-op), and the trained weights differ with the
     # thread count; pinned, they are the same bits on every run, on a loaded machine or not.
-    result = subprocess.run([
-        sys.executable, "-m", "adamllm", "train",
-        "--model_name_or_path", str(tiny_models["synthesizer"]), "--caption_path", str(fixtures["caption"]),
-        "--precise_qa_path", str(fixtures["precise"]), "--informative_qa_path", str(fixtures["informative"]),
-        "--image_folder", str(fixtures["image_folder"]), "--replace_with_blank_image_percent", "0",
-        "--output_dir", str(tmp_path / "syn"), "--max_steps", "120", "--learning_rate", "3e-3",
-        "--per_device_train_batch_size", "4", "--lr_scheduler_type", "cosine", "--save_strategy", "no",
-        "--logging_steps", "10", "--report_to", "none", "--use_cpu", "True", "--disable_tqdm", "True",
-    ], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adamllm",
+            "train",
+            "--model_name_or_path",
+            str(tiny_models["synthesizer"]),
+            "--caption_path",
+            str(fixtures["caption"]),
+            "--precise_qa_path",
+            str(fixtures["precise"]),
+            "--informative_qa_path",
+            str(fixtures["informative"]),
+            "--image_folder",
+            str(fixtures["image_folder"]),
+            "--replace_with_blank_image_percent",
+            "0",
+            "--output_dir",
+            str(tmp_path / "syn"),
+            "--max_steps",
+            "120",
+            "--learning_rate",
+            "3e-3",
+            "--per_device_train_batch_size",
+            "4",
+            "--lr_scheduler_type",
+            "cosine",
+            "--save_strategy",
+            "no",
+            "--logging_steps",
+            "10",
+            "--report_to",
+            "none",
+            "--use_cpu",
+            "True",
+            "--disable_tqdm",
+            "True",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     losses = [x["loss"] for x in read_json(tmp_path / "syn" / "training_summary.json")["loss_curve"]]
     # The cosine schedule anneals to a loss where every trained token is near-certain: greedy decoding
     # then follows the training text, whatever the rounding of the engine.
     assert losses[-1] < 0.01, losses
     records = read_json(tmp_path / "syn" / "seed_train.json")
-    pairs = [{"images": [r["image"]], "messages": [{"role": "user", "content": "<image>\nDescribe the image."},
-              {"role": "assistant", "content": r["conversations"][1]["value"]}]} for r in records]
+    pairs = [
+        {
+            "images": [r["image"]],
+            "messages": [
+                {"role": "user", "content": "<image>\nDescribe the image."},
+                {"role": "assistant", "content": r["conversations"][1]["value"]},
+            ],
+        }
+        for r in records
+    ]
     (tmp_path / "pairs.json").write_text(json.dumps(pairs))
-    run_synthesize(SynthesizeArgs(model=str(tmp_path / "syn"), data_path=str(tmp_path / "pairs.json"),
-                                  image_folder=str(fixtures["image_folder"]), output_dir=str(tmp_path / "out")))
+    run_synthesize(
+        SynthesizeArgs(
+            model=str(tmp_path / "syn"),
+            data_path=str(tmp_path / "pairs.json"),
+            image_folder=str(fixtures["image_folder"]),
+            output_dir=str(tmp_path / "out"),
+        )
+    )
     preds = [r["pred"] for r in read_jsonl(tmp_path / "out" / "syn_task_triplets.jsonl")]
     written = [parse_pairs(p) for p in preds]
-    trained = [list(zip(turns[::2], turns[1::2])) for turns in ([t["value"] for t in r["conversations"][2:]] for r in records)]
+    trained = [
+        list(zip(turns[::2], turns[1::2])) for turns in ([t["value"] for t in r["conversations"][2:]] for r in records)
+    ]
     counts = {
         "records": len(records),
         "parsable": sum(len(w) >= 2 for w in written),
@@ -272,14 +422,35 @@ def test_train_on_a_merged_file_finds_its_blank_image(tiny_models, seed, merged,
     """--data_path (a merge-seed output) instead of the seed files: the blank records stay usable."""
     from adamllm.stage1.train import main as train_main
 
-    code = train_main([
-        "--model_name_or_path", str(tiny_models["synthesizer"]), "--data_path", str(merged), "--image_folder", str(seed["image_folder"]),
-        "--output_dir", str(tmp_path / "syn"), "--max_steps", "2", "--per_device_train_batch_size", "2",
-        "--save_strategy", "no", "--report_to", "none", "--use_cpu", "True",
-    ])
+    code = train_main(
+        [
+            "--model_name_or_path",
+            str(tiny_models["synthesizer"]),
+            "--data_path",
+            str(merged),
+            "--image_folder",
+            str(seed["image_folder"]),
+            "--output_dir",
+            str(tmp_path / "syn"),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--use_cpu",
+            "True",
+        ]
+    )
     assert code == 0
     summary = read_json(tmp_path / "syn" / "training_summary.json")
-    assert summary["records_used"] == len(read_json(merged)) and summary["blank_images"] > 0 and summary["rejects_file"] == ""
+    assert (
+        summary["records_used"] == len(read_json(merged))
+        and summary["blank_images"] > 0
+        and summary["rejects_file"] == ""
+    )
 
 
 def test_train_arguments_checked_together(capsys):

@@ -41,17 +41,29 @@ def data(tiny_models, tmp_path_factory):
     seed = make_seed_fixtures(root / "seed", num_images=16, seed=5)
     merged = root / "merged.json"
     blank = root / "blank.png"
-    run_merge_seed(MergeSeedArgs(
-        caption_path=str(seed["caption"]), precise_qa_path=str(seed["precise"]), informative_qa_path=str(seed["informative"]),
-        output=str(merged), blank_image_path=str(blank), replace_with_blank_image_percent=25,
-    ))
+    run_merge_seed(
+        MergeSeedArgs(
+            caption_path=str(seed["caption"]),
+            precise_qa_path=str(seed["precise"]),
+            informative_qa_path=str(seed["informative"]),
+            output=str(merged),
+            blank_image_path=str(blank),
+            replace_with_blank_image_percent=25,
+        )
+    )
     records = read_json(merged)
     picked = [r for r in records if r["image"] == str(blank)][:1]
     picked += [r for r in records if r["image"] != str(blank)][: GLOBAL_BATCH - len(picked)]
     assert len(picked) == GLOBAL_BATCH and picked[0]["image"] == str(blank)
     path = root / "train.json"
     path.write_text(json.dumps(picked))
-    return {"path": path, "image_folder": seed["image_folder"], "blank": blank, "model": tiny_models["synthesizer"], "root": root}
+    return {
+        "path": path,
+        "image_folder": seed["image_folder"],
+        "blank": blank,
+        "model": tiny_models["synthesizer"],
+        "root": root,
+    }
 
 
 def _load(path):
@@ -75,7 +87,14 @@ def reference(data):
 
     torch.manual_seed(0)
     processor = load_processor(str(data["model"]))
-    dataset = SeedDataset(str(data["path"]), processor, str(data["image_folder"]), str(data["blank"]), 6144, data["root"] / "rejects.jsonl")
+    dataset = SeedDataset(
+        str(data["path"]),
+        processor,
+        str(data["image_folder"]),
+        str(data["blank"]),
+        6144,
+        data["root"] / "rejects.jsonl",
+    )
     assert len(dataset) == GLOBAL_BATCH
     items = [dataset[i] for i in range(len(dataset))]
     tokens = [int((x["labels"][1:] != -100).sum()) for x in items]
@@ -109,17 +128,62 @@ def train_deepspeed(data, config, output_dir, port):
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(PROCESSES), "--master_port", str(port),
-         "-m", "adamllm", "train", "--deepspeed", str(ROOT / "scripts" / config),
-         "--model_name_or_path", str(data["model"]), "--data_path", str(data["path"]),
-         "--image_folder", str(data["image_folder"]), "--blank_image_path", str(data["blank"]),
-         "--output_dir", str(output_dir), "--per_device_train_batch_size", str(BATCH),
-         "--gradient_accumulation_steps", str(ACCUMULATION), "--num_train_epochs", str(EPOCHS),
-         "--optim", "sgd", "--learning_rate", str(LR), "--mm_vision_tower_lr", str(VISION_LR),
-         "--lr_scheduler_type", "constant", "--weight_decay", "0", "--max_grad_norm", "0",
-         "--train_sampling_strategy", "group_by_length", "--save_strategy", "no", "--logging_steps", "1",
-         "--report_to", "none", "--dataloader_num_workers", "0"],
-        capture_output=True, text=True, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(PROCESSES),
+            "--master_port",
+            str(port),
+            "-m",
+            "adamllm",
+            "train",
+            "--deepspeed",
+            str(ROOT / "scripts" / config),
+            "--model_name_or_path",
+            str(data["model"]),
+            "--data_path",
+            str(data["path"]),
+            "--image_folder",
+            str(data["image_folder"]),
+            "--blank_image_path",
+            str(data["blank"]),
+            "--output_dir",
+            str(output_dir),
+            "--per_device_train_batch_size",
+            str(BATCH),
+            "--gradient_accumulation_steps",
+            str(ACCUMULATION),
+            "--num_train_epochs",
+            str(EPOCHS),
+            "--optim",
+            "sgd",
+            "--learning_rate",
+            str(LR),
+            "--mm_vision_tower_lr",
+            str(VISION_LR),
+            "--lr_scheduler_type",
+            "constant",
+            "--weight_decay",
+            "0",
+            "--max_grad_norm",
+            "0",
+            "--train_sampling_strategy",
+            "group_by_length",
+            "--save_strategy",
+            "no",
+            "--logging_steps",
+            "1",
+            "--report_to",
+            "none",
+            "--dataloader_num_workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
 
 

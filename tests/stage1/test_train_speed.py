@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # A stand-in for liger_kernel.transformers: records the Llama patch it is asked for, and computes the
 # fused linear cross-entropy in plain torch the way Liger's kernel does (gradients in the forward).
-LIGER_STUB = '''
+LIGER_STUB = """
 import torch
 
 calls = []
@@ -63,7 +63,7 @@ class LigerFusedLinearCrossEntropyLoss(torch.nn.Module):
     def forward(self, lin_weight, _input, target, bias=None):
         type(self).calls += 1
         return _FusedLinearCrossEntropy.apply(_input, lin_weight, target, bias, self.ignore_index, self.reduction)
-'''
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -82,11 +82,23 @@ def data(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("speed")
     seed = make_seed_fixtures(root / "seed", num_images=12, seed=7)
     merged = root / "merged.json"
-    run_merge_seed(MergeSeedArgs(
-        caption_path=str(seed["caption"]), precise_qa_path=str(seed["precise"]), informative_qa_path=str(seed["informative"]),
-        output=str(merged), blank_image_path=str(root / "blank.png"), replace_with_blank_image_percent=25,
-    ))
-    return {"merged": merged, "image_folder": seed["image_folder"], "blank": root / "blank.png", "model": tiny_models["synthesizer"], "root": root}
+    run_merge_seed(
+        MergeSeedArgs(
+            caption_path=str(seed["caption"]),
+            precise_qa_path=str(seed["precise"]),
+            informative_qa_path=str(seed["informative"]),
+            output=str(merged),
+            blank_image_path=str(root / "blank.png"),
+            replace_with_blank_image_percent=25,
+        )
+    )
+    return {
+        "merged": merged,
+        "image_folder": seed["image_folder"],
+        "blank": root / "blank.png",
+        "model": tiny_models["synthesizer"],
+        "root": root,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +108,9 @@ def items(data):
     from adamllm.stage1.train_data import SeedDataset
 
     processor = load_processor(str(data["model"]))
-    dataset = SeedDataset(str(data["merged"]), processor, str(data["image_folder"]), str(data["blank"]), 6144, data["root"] / "r.jsonl")
+    dataset = SeedDataset(
+        str(data["merged"]), processor, str(data["image_folder"]), str(data["blank"]), 6144, data["root"] / "r.jsonl"
+    )
     blank = next(i for i, e in enumerate(dataset.examples) if e.blank)
     picked = [dataset[i] for i in [blank] + [i for i in range(len(dataset)) if i != blank][:2]]
     assert len({len(x["input_ids"]) for x in picked}) == 3
@@ -201,22 +215,54 @@ def test_all_levers_on_a_cpu_train_falls_back_and_trains_packed(data, tmp_path, 
 
     out = tmp_path / "syn"
     with caplog.at_level(logging.WARNING, logger="adamllm.stage1.speed"):
-        code = train_main([
-            "--model_name_or_path", str(data["model"]), "--data_path", str(data["merged"]), "--image_folder", str(data["image_folder"]),
-            "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "3",
-            "--save_strategy", "no", "--report_to", "none", "--use_cpu", "True", "--dataloader_num_workers", "0",
-            "--use_liger_kernel", "True", "--attn_implementation", "flash_attention_2", "--padding_free", "True", "--step_timing", "True",
-        ])
+        code = train_main(
+            [
+                "--model_name_or_path",
+                str(data["model"]),
+                "--data_path",
+                str(data["merged"]),
+                "--image_folder",
+                str(data["image_folder"]),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "3",
+                "--save_strategy",
+                "no",
+                "--report_to",
+                "none",
+                "--use_cpu",
+                "True",
+                "--dataloader_num_workers",
+                "0",
+                "--use_liger_kernel",
+                "True",
+                "--attn_implementation",
+                "flash_attention_2",
+                "--padding_free",
+                "True",
+                "--step_timing",
+                "True",
+            ]
+        )
     assert code == 0
     levers = read_json(out / "training_summary.json")["speed_levers"]
     assert levers["attn_implementation"] == "sdpa" and levers["padding_free"] and not levers["liger"]
-    assert len(levers["fallbacks"]) == 2 and levers["fallbacks"][1].startswith("--use_liger_kernel is off, training goes on without it:")
+    assert len(levers["fallbacks"]) == 2 and levers["fallbacks"][1].startswith(
+        "--use_liger_kernel is off, training goes on without it:"
+    )
     assert "triton" in levers["fallbacks"][1] and "flash-attn not installed" in levers["fallbacks"][0]
-    assert sorted(r.getMessage() for r in caplog.records if r.name == "adamllm.stage1.speed") == sorted(levers["fallbacks"])
+    assert sorted(r.getMessage() for r in caplog.records if r.name == "adamllm.stage1.speed") == sorted(
+        levers["fallbacks"]
+    )
     timing = read_json(out / "step_timing.rank0.json")
     assert [s["step"] for s in timing["steps"]] == [1, 2] and timing["peak_memory_bytes"] > 0
     for step in timing["steps"]:
-        assert step["seconds"] > 0 and step["samples"] == 3 and step["tokens"] == step["padded_tokens"] > 0  # packed: no padding
+        assert (
+            step["seconds"] > 0 and step["samples"] == 3 and step["tokens"] == step["padded_tokens"] > 0
+        )  # packed: no padding
         assert step["sum_sq_lengths"] > step["tokens"] ** 2 / 3 - 1
 
 
@@ -245,8 +291,16 @@ def test_liger_patch_applied_with_stub_kernels_mock(data, items, tmp_path):
     plain = load_model(data["model"])
     patched = load_model(data["model"])
     apply_liger(patched, kernels)
-    assert kernels.calls == [{"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
-                              "fused_linear_cross_entropy": False, "model": patched.model.language_model}]
+    assert kernels.calls == [
+        {
+            "rope": True,
+            "rms_norm": True,
+            "swiglu": True,
+            "cross_entropy": False,
+            "fused_linear_cross_entropy": False,
+            "model": patched.model.language_model,
+        }
+    ]
     for num_items in (None, trained):
         out_plain, grads_plain = loss_and_grads(plain, batch, num_items)
         calls = kernels.LigerFusedLinearCrossEntropyLoss.calls
@@ -257,7 +311,9 @@ def test_liger_patch_applied_with_stub_kernels_mock(data, items, tmp_path):
     patched.eval()
     with torch.no_grad():
         logits = patched(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        assert torch.allclose(logits, plain.eval()(**{k: v for k, v in batch.items() if k != "labels"}).logits, atol=1e-5)
+        assert torch.allclose(
+            logits, plain.eval()(**{k: v for k, v in batch.items() if k != "labels"}).logits, atol=1e-5
+        )
 
 
 def test_liger_fused_loss_under_zero3_two_processes_with_stub_kernels_mock(data, items, tmp_path):
@@ -279,38 +335,88 @@ def test_liger_fused_loss_under_zero3_two_processes_with_stub_kernels_mock(data,
     path = tmp_path / "train.json"
     path.write_text(json.dumps(records))
     launcher = tmp_path / "train_with_stub.py"
-    launcher.write_text(textwrap.dedent(f"""
+    launcher.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(tmp_path / "stub")!r})
         import adamllm.stage1.speed
         adamllm.stage1.speed.liger_unavailable = lambda: ""  # the stand-in runs on a CPU
         from adamllm.stage1.train import main
         sys.exit(main(sys.argv[1:]))
-    """))
+    """)
+    )
     # scripts/zero3.json, except that no weight of this small model stays gathered between modules.
     zero3 = json.loads((ROOT / "scripts" / "zero3.json").read_text())
-    zero3["zero_optimization"].update(stage3_param_persistence_threshold=0, stage3_max_live_parameters=0, stage3_max_reuse_distance=0)
+    zero3["zero_optimization"].update(
+        stage3_param_persistence_threshold=0, stage3_max_live_parameters=0, stage3_max_reuse_distance=0
+    )
     (tmp_path / "zero3.json").write_text(json.dumps(zero3))
     lr = 0.1
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     out = tmp_path / "out"
     run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29651", str(launcher),
-         "--deepspeed", str(tmp_path / "zero3.json"), "--model_name_or_path", str(data["model"]),
-         "--data_path", str(path), "--image_folder", str(data["image_folder"]), "--blank_image_path", str(data["blank"]),
-         "--output_dir", str(out), "--per_device_train_batch_size", "2", "--num_train_epochs", "2", "--optim", "sgd",
-         "--learning_rate", str(lr), "--mm_vision_tower_lr", str(lr), "--lr_scheduler_type", "constant", "--weight_decay", "0",
-         "--max_grad_norm", "0", "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none",
-         "--dataloader_num_workers", "0", "--use_liger_kernel", "True"],
-        capture_output=True, text=True, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29651",
+            str(launcher),
+            "--deepspeed",
+            str(tmp_path / "zero3.json"),
+            "--model_name_or_path",
+            str(data["model"]),
+            "--data_path",
+            str(path),
+            "--image_folder",
+            str(data["image_folder"]),
+            "--blank_image_path",
+            str(data["blank"]),
+            "--output_dir",
+            str(out),
+            "--per_device_train_batch_size",
+            "2",
+            "--num_train_epochs",
+            "2",
+            "--optim",
+            "sgd",
+            "--learning_rate",
+            str(lr),
+            "--mm_vision_tower_lr",
+            str(lr),
+            "--lr_scheduler_type",
+            "constant",
+            "--weight_decay",
+            "0",
+            "--max_grad_norm",
+            "0",
+            "--save_strategy",
+            "no",
+            "--logging_steps",
+            "1",
+            "--report_to",
+            "none",
+            "--dataloader_num_workers",
+            "0",
+            "--use_liger_kernel",
+            "True",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = read_json(out / "training_summary.json")
     assert summary["speed_levers"]["liger"] and summary["speed_levers"]["fallbacks"] == []
 
     processor = load_processor(str(data["model"]))
-    dataset = SeedDataset(str(path), processor, str(data["image_folder"]), str(data["blank"]), 6144, tmp_path / "r.jsonl")
+    dataset = SeedDataset(
+        str(path), processor, str(data["image_folder"]), str(data["blank"]), 6144, tmp_path / "r.jsonl"
+    )
     batch = Collator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
     model = load_model(data["model"])
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -324,6 +430,13 @@ def test_liger_fused_loss_under_zero3_two_processes_with_stub_kernels_mock(data,
                     p -= lr * grads[name]
     assert [x["loss"] for x in summary["loss_curve"]] == pytest.approx(losses, rel=1e-4)
     trained = dict(load_model(out).named_parameters())
-    for name in ("lm_head.weight", "model.language_model.layers.0.mlp.up_proj.weight", "model.multi_modal_projector.linear_1.weight"):
-        got, want = (trained[name].detach() - initial[name]), (dict(model.named_parameters())[name].detach() - initial[name])
+    for name in (
+        "lm_head.weight",
+        "model.language_model.layers.0.mlp.up_proj.weight",
+        "model.multi_modal_projector.linear_1.weight",
+    ):
+        got, want = (
+            (trained[name].detach() - initial[name]),
+            (dict(model.named_parameters())[name].detach() - initial[name]),
+        )
         assert float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want)) < 1e-3, name

@@ -19,7 +19,9 @@ def read_rows(run):
 
 
 def fmt(run, **kw):
-    summary = run_format(FormatArgs(data_path=str(run["data"]), image_folder=str(run["images"]), output=str(run["final"]), **kw))
+    summary = run_format(
+        FormatArgs(data_path=str(run["data"]), image_folder=str(run["images"]), output=str(run["final"]), **kw)
+    )
     return summary, read_json(run["final"])
 
 
@@ -93,7 +95,9 @@ def test_near_deduper_keeps_dropped_groups_on_disk_between_the_passes():
     assert d.lsh is None and d.reps == {}  # pass 2 needs neither
     rep = min((0, 1, 3), key=lambda s: curate.dedup_rank(3, s))
     assert d.kept == {rep, 2} and d.distinct == 2
-    assert [d.decide(s, questions[s]) for s in (0, 1, 2, 3)] == [None if s == rep else rep for s in (0, 1)] + [None] + [None if rep == 3 else rep]
+    assert [d.decide(s, questions[s]) for s in (0, 1, 2, 3)] == [None if s == rep else rep for s in (0, 1)] + [None] + [
+        None if rep == 3 else rep
+    ]
     folder = d._tmp.name
     d.close()
     assert not os.path.exists(folder)
@@ -101,15 +105,24 @@ def test_near_deduper_keeps_dropped_groups_on_disk_between_the_passes():
 
 # --- --dedup exact ----------------------------------------------------------------------------------
 def test_exact_dedup_keeps_max_per_question_and_counts_the_rest(tmp_path):
-    questions = [SAME[i % 4] for i in range(9)] + ["How many cups?", "how many cups", "How many cups?!"] + ["Unique one?", "Unique two?"]
+    questions = (
+        [SAME[i % 4] for i in range(9)]
+        + ["How many cups?", "how many cups", "How many cups?!"]
+        + ["Unique one?", "Unique two?"]
+    )
     run = make_run(tmp_path, questions)
     summary, out = fmt(run, dedup="exact", max_per_question=2)
     assert summary.records_in == summary.records_out == len(out) == 14  # every record keeps its caption task
     assert summary.rejected == {}
     assert summary.synthetic_tasks == 2 + 2 + 2 and summary.no_synthetic_task == {"duplicate_question": 8}
     assert summary.curation == {
-        "dedup": "exact", "max_per_question": 2, "seed": 42, "questions_seen": 14, "questions_distinct": 4,
-        "dropped_duplicate": 8, "file": str(run["out"] / "image_caption_and_synthetic_task.curation.jsonl"),
+        "dedup": "exact",
+        "max_per_question": 2,
+        "seed": 42,
+        "questions_seen": 14,
+        "questions_distinct": 4,
+        "dropped_duplicate": 8,
+        "file": str(run["out"] / "image_caption_and_synthetic_task.curation.jsonl"),
     }
     kept = {i for i, r in enumerate(out) if has_task(r)}
     assert len(kept & set(range(9))) == 2 and len(kept & {9, 10, 11}) == 2 and {12, 13} <= kept
@@ -168,7 +181,9 @@ def test_curation_that_removes_nothing_changes_no_byte_of_the_output(tmp_path):
     curated, _ = fmt(run, dedup="near", min_yes_prob=0.9)
     assert run["final"].read_bytes() == default_bytes
     assert curated.curation["dropped_duplicate"] == curated.curation["dropped_low_yes_prob"] == 0
-    assert curated.curation["file"] == "" and not (run["out"] / "image_caption_and_synthetic_task.curation.jsonl").exists()
+    assert (
+        curated.curation["file"] == "" and not (run["out"] / "image_caption_and_synthetic_task.curation.jsonl").exists()
+    )
 
 
 # --- --dedup near ---------------------------------------------------------------------------------
@@ -196,11 +211,17 @@ def test_near_dedup_groups_questions_by_word_jaccard(tmp_path):
     summary1, _ = fmt(run, dedup="near", near_threshold=1.0)  # the same set of words only
     assert summary1.curation["questions_distinct"] == 5
     summary3, _ = fmt(run, dedup="near", near_threshold=0.5)
-    assert summary3.curation["questions_distinct"] == 3  # "... in this picture" (5 or 6 of 10 words) joins the first group
+    assert (
+        summary3.curation["questions_distinct"] == 3
+    )  # "... in this picture" (5 or 6 of 10 words) joins the first group
 
 
 def test_near_dedup_representative_is_the_lowest_rank_of_its_group(tmp_path):
-    questions = ["What is the main subject of this image?", "what is the main subject of the image", "What is the main subject of this image"] * 4
+    questions = [
+        "What is the main subject of this image?",
+        "what is the main subject of the image",
+        "What is the main subject of this image",
+    ] * 4
     run = make_run(tmp_path, questions)
     _, out = fmt(run, dedup="near", max_per_question=3, seed=7)
     ranked = sorted(range(12), key=lambda s: curate.dedup_rank(7, s))
@@ -219,8 +240,13 @@ def test_min_yes_prob_keeps_only_confident_tasks(tmp_path):
     summary, out = fmt(run, min_yes_prob=0.7)
     assert [has_task(r) for r in out] == [True, True, False, False, True, False]
     assert summary.no_synthetic_task == {"low_yes_prob": 1, "no_yes_prob": 1, "consistency_no": 1}
-    assert summary.curation == {"min_yes_prob": 0.7, "yes_prob_checked": 4, "dropped_low_yes_prob": 1, "no_yes_prob": 1,
-                                "file": str(run["out"] / "image_caption_and_synthetic_task.curation.jsonl")}
+    assert summary.curation == {
+        "min_yes_prob": 0.7,
+        "yes_prob_checked": 4,
+        "dropped_low_yes_prob": 1,
+        "no_yes_prob": 1,
+        "file": str(run["out"] / "image_caption_and_synthetic_task.curation.jsonl"),
+    }
     rows = curation_rows(run)
     assert [(r["index"], r["reason"]) for r in rows] == [(2, "low_yes_prob"), (3, "no_yes_prob")]
     assert rows[0]["yes_prob"] == pytest.approx(0.5) and "below --min_yes_prob 0.7" in rows[0]["detail"]
@@ -267,7 +293,18 @@ def test_a_rerun_removes_the_companion_files_of_an_earlier_run(tmp_path):
 def format_cli(run, *flags):
     from adamllm.cli import main
 
-    return main(["format", "--data_path", str(run["data"]), "--image_folder", str(run["images"]), "--output", str(run["final"]), *map(str, flags)])
+    return main(
+        [
+            "format",
+            "--data_path",
+            str(run["data"]),
+            "--image_folder",
+            str(run["images"]),
+            "--output",
+            str(run["final"]),
+            *map(str, flags),
+        ]
+    )
 
 
 def written(run):
@@ -279,22 +316,33 @@ def test_min_yes_prob_without_logprob_verdicts_is_refused_before_any_work(tmp_pa
     before = written(run)
     assert format_cli(run, "--min_yes_prob", "0.8") == 2
     err = capsys.readouterr().err
-    assert "adamllm format: error: --min_yes_prob 0.8:" in err and "no logprob verdicts" in err and "--mode logprob" in err
+    assert (
+        "adamllm format: error: --min_yes_prob 0.8:" in err and "no logprob verdicts" in err and "--mode logprob" in err
+    )
     assert "Traceback" not in err and written(run) == before
 
 
-@pytest.mark.parametrize("flags, message", [
-    (("--min_yes_prob", "1.5"), "--min_yes_prob 1.5: give a probability between 0 and 1"),
-    (("--min_yes_prob", "-0.1"), "--min_yes_prob -0.1: give a probability between 0 and 1"),
-    (("--min_yes_prob", "nan"), "--min_yes_prob nan: give a probability between 0 and 1"),
-    (("--dedup", "near", "--near_threshold", "0"), "--near_threshold 0.0: give a Jaccard similarity in (0, 1]"),
-    (("--dedup", "near", "--near_threshold", "1.2"), "--near_threshold 1.2: give a Jaccard similarity in (0, 1]"),
-    (("--dedup", "exact", "--near_threshold", "0.5"), "--near_threshold 0.5 acts only with --dedup near"),
-    (("--dedup", "exact", "--max_per_question", "0"), "--max_per_question 0: give a whole number >= 1"),
-    (("--max_per_question", "3",), "--max_per_question 3 acts only with --dedup exact or --dedup near"),
-    (("--dedup", "near", "--near_ngram", "0"), "--near_ngram 0: give a whole number of words >= 1"),
-    (("--dedup", "fuzzy"), "invalid choice: 'fuzzy'"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--min_yes_prob", "1.5"), "--min_yes_prob 1.5: give a probability between 0 and 1"),
+        (("--min_yes_prob", "-0.1"), "--min_yes_prob -0.1: give a probability between 0 and 1"),
+        (("--min_yes_prob", "nan"), "--min_yes_prob nan: give a probability between 0 and 1"),
+        (("--dedup", "near", "--near_threshold", "0"), "--near_threshold 0.0: give a Jaccard similarity in (0, 1]"),
+        (("--dedup", "near", "--near_threshold", "1.2"), "--near_threshold 1.2: give a Jaccard similarity in (0, 1]"),
+        (("--dedup", "exact", "--near_threshold", "0.5"), "--near_threshold 0.5 acts only with --dedup near"),
+        (("--dedup", "exact", "--max_per_question", "0"), "--max_per_question 0: give a whole number >= 1"),
+        (
+            (
+                "--max_per_question",
+                "3",
+            ),
+            "--max_per_question 3 acts only with --dedup exact or --dedup near",
+        ),
+        (("--dedup", "near", "--near_ngram", "0"), "--near_ngram 0: give a whole number of words >= 1"),
+        (("--dedup", "fuzzy"), "invalid choice: 'fuzzy'"),
+    ],
+)
 def test_bad_curation_flags_are_refused_naming_the_flag(tmp_path, capsys, flags, message):
     run = make_run(tmp_path, ["Q?"] * 2, p_yes=[0.9, 0.9])
     before = written(run)
@@ -348,9 +396,18 @@ def test_run_takes_the_curation_flags_and_checks_them_before_any_work(tiny_model
     from adamllm.testing.fixtures import make_caption_pairs
 
     pairs = make_caption_pairs(tmp_path / "pairs", 4, seed=2)
-    common = dict(synthesizer=str(tiny_models["synthesizer"]), checker=str(tiny_models["checker"]), data_path=str(pairs["data_path"]),
-                  image_folder=str(pairs["image_folder"]), output_dir=str(tmp_path / "out"), engine="hf", max_new_tokens=8)
-    with pytest.raises(ValueError, match="--min_yes_prob 0.6 needs the checker's log-probabilities: add --mode logprob"):
+    common = dict(
+        synthesizer=str(tiny_models["synthesizer"]),
+        checker=str(tiny_models["checker"]),
+        data_path=str(pairs["data_path"]),
+        image_folder=str(pairs["image_folder"]),
+        output_dir=str(tmp_path / "out"),
+        engine="hf",
+        max_new_tokens=8,
+    )
+    with pytest.raises(
+        ValueError, match="--min_yes_prob 0.6 needs the checker's log-probabilities: add --mode logprob"
+    ):
         RunArgs(**common, min_yes_prob=0.6)
     with pytest.raises(ValueError, match="--max_per_question 0"):
         RunArgs(**common, dedup="exact", max_per_question=0)
@@ -359,5 +416,9 @@ def test_run_takes_the_curation_flags_and_checks_them_before_any_work(tiny_model
     assert not (tmp_path / "out").exists()
     run_pipeline(RunArgs(**common, mode="logprob", min_yes_prob=0.6, dedup="exact", max_per_question=2))
     saved = read_json(tmp_path / "out" / "stats.json")["format"]
-    assert (saved["args"]["dedup"], saved["args"]["max_per_question"], saved["args"]["min_yes_prob"]) == ("exact", 2, 0.6)
+    assert (saved["args"]["dedup"], saved["args"]["max_per_question"], saved["args"]["min_yes_prob"]) == (
+        "exact",
+        2,
+        0.6,
+    )
     assert saved["records_in"] == 4

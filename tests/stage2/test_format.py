@@ -48,7 +48,9 @@ def test_branch_chain_of_thought():
     assert answer_kind(t) == CHAIN_OF_THOUGHT
     user, assistant, kind = synthetic_task(t, random.Random(3))
     assert kind == CHAIN_OF_THOUGHT
-    template = next(x for x in prompts.COT_TEMPLATES if prompts.fill_task(x, t.Q, t.precise_A, t.informative_A) == (user, assistant))
+    template = next(
+        x for x in prompts.COT_TEMPLATES if prompts.fill_task(x, t.Q, t.precise_A, t.informative_A) == (user, assistant)
+    )
     assert assistant.index(t.informative_A) < assistant.rindex("Ramen")
     assert template in prompts.COT_TEMPLATES
 
@@ -70,7 +72,10 @@ def make_records(folder, n=40):
         records.append(
             {
                 "images": [name],
-                "messages": [{"role": "user", "content": "<image>\nWhat is shown?"}, {"role": "assistant", "content": f"Caption {i}."}],
+                "messages": [
+                    {"role": "user", "content": "<image>\nWhat is shown?"},
+                    {"role": "assistant", "content": f"Caption {i}."},
+                ],
                 "syn_id": i,
                 "pred": None if verdict is None else "raw",
                 "collected_QA": None if verdict is None else qa,
@@ -96,7 +101,12 @@ def test_format_keeps_caption_task_and_adds_kept_tasks(tmp_path):
     summary, out = fmt(tmp_path, make_records(tmp_path / "images"))
     assert summary.records_in == summary.records_out == len(out) == 40
     assert summary.synthetic_tasks == 8  # the "yes" records
-    assert summary.no_synthetic_task == {"consistency_no": 8, "consistency_open": 8, "consistency_invalid": 8, "synthesis_failed": 8}
+    assert summary.no_synthetic_task == {
+        "consistency_no": 8,
+        "consistency_open": 8,
+        "consistency_invalid": 8,
+        "synthesis_failed": 8,
+    }
     for i, record in enumerate(out):
         assert set(record) == {"messages", "images"}
         assert record["images"] == [f"../images/img_{i}.png"]
@@ -123,7 +133,12 @@ def test_placement_and_templates_stable_across_runs_and_order(tmp_path):
     assert first == again == reversed_[::-1]
     placements = {r["messages"][1]["content"].startswith("Caption") for r in first}
     assert placements == {True, False}
-    templates = {r["messages"][-1]["content"] if r["messages"][1]["content"].startswith("Caption") else r["messages"][1]["content"] for r in first}
+    templates = {
+        r["messages"][-1]["content"]
+        if r["messages"][1]["content"].startswith("Caption")
+        else r["messages"][1]["content"]
+        for r in first
+    }
     assert len(templates) > 3
     _, other_seed = fmt(tmp_path, records, seed=1)
     assert other_seed != first
@@ -137,7 +152,12 @@ def test_syn_only_and_llava_style(tmp_path):
     assert {r["id"] for r in out} == {str(i) for i in range(0, 40, 5)}
     assert all(r["image"] == f"img_{r['id']}.png" for r in out)
     rejects = read_jsonl(tmp_path / "out" / "image_caption_and_synthetic_task.rejects.jsonl")
-    assert len(rejects) == 32 and {r["reason"] for r in rejects} == {"consistency_no", "consistency_open", "consistency_invalid", "synthesis_failed"}
+    assert len(rejects) == 32 and {r["reason"] for r in rejects} == {
+        "consistency_no",
+        "consistency_open",
+        "consistency_invalid",
+        "synthesis_failed",
+    }
 
 
 def test_bad_records_rejected_with_reason_and_counts_reconcile(tmp_path):
@@ -149,7 +169,13 @@ def test_bad_records_rejected_with_reason_and_counts_reconcile(tmp_path):
     records[5] = "not an object"
     records[0]["collected_QA"] = {"Q": "<|eot_id|>", "precise_A": "x", "informative_A": "y"}
     summary, out = fmt(tmp_path, records)
-    assert summary.rejected == {"image_missing": 1, "image_unreadable": 1, "unsafe_image_path": 1, "no_caption": 1, "bad_schema": 1}
+    assert summary.rejected == {
+        "image_missing": 1,
+        "image_unreadable": 1,
+        "unsafe_image_path": 1,
+        "no_caption": 1,
+        "bad_schema": 1,
+    }
     assert summary.records_in == 10 == summary.records_out + sum(summary.rejected.values())
     assert len(out) == 5
     assert summary.no_synthetic_task.get("bad_collected_QA") == 1
@@ -165,7 +191,9 @@ def test_format_args_checked():
 
 
 def test_llamafactory_file_loads_with_datasets(tmp_path):
-    datasets = pytest.importorskip("datasets", reason="the datasets package is part of the CPU environment (make setup)")
+    datasets = pytest.importorskip(
+        "datasets", reason="the datasets package is part of the CPU environment (make setup)"
+    )
     _, out = fmt(tmp_path, make_records(tmp_path / "images", 10))
     path = tmp_path / "out" / "image_caption_and_synthetic_task.json"
     ds = datasets.load_dataset("json", data_files=str(path), split="train")

