@@ -93,7 +93,8 @@ def main() -> None:
         rows.append((size, "identical files", same, None))
 
     print(
-        f"\nexecutor benchmark: tiny synthesizer, engine {args.engine}, max_new_tokens {args.max_new_tokens}, batch {args.batch_size}"
+        f"\nexecutor benchmark: tiny synthesizer, engine {args.engine}, max_new_tokens {args.max_new_tokens}, batch "
+        f"{args.batch_size}"
     )
     print("records | executor | wall s | records/s | driver peak RSS MiB")
     print("--- | --- | --- | --- | ---")

@@ -1,4 +1,5 @@
-"""`adamllm report` on big runs: page size, build time and load time in headless Chromium (run by hand or by `make bench`).
+"""`adamllm report` on big runs: page size, build time and load time in headless Chromium (run by hand
+or by `make bench`).
 
     .venv/bin/python bench/bench_report.py [--sizes 20000 500000] [--images 2000] [--every_card_up_to 20000]
 
@@ -95,7 +96,8 @@ def make_run(root: Path, size: int, images: list[str], image_folder: Path, seed:
                     {"role": "assistant", "content": caption(scene, rng)},
                 ],
                 "syn_id": syn_id,
-                "pred": f"Answer with a precise response.\n{q}{A}{precise}{E}{U}Answer with an informative response.\n{q}{A}{informative}{E}",
+                "pred": f"Answer with a precise response.\n{q}{A}{precise}{E}{U}Answer with an informative "
+                f"response.\n{q}{A}{informative}{E}",
                 "collected_QA": {"Q": q, "precise_A": precise, "informative_A": informative},
                 "consistency": verdict,
             }
@@ -170,7 +172,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work)
     print(
-        f"\nreport benchmark: {args.images} shared pictures (256 px, noisy); Chromium's own start ({start_s:.1f} s) subtracted"
+        f"\nreport benchmark: {args.images} shared pictures (256 px, noisy); Chromium's own start ({start_s:.1f} s) "
+        f"subtracted"
     )
     print("records | cards | page MB | build s | build peak RSS MiB | load s in headless Chromium")
     print("--- | --- | --- | --- | --- | ---")

@@ -517,7 +517,8 @@ def main(argv: list[str] | None = None) -> Result:
         work / f"data-{kind}-{records}-{args.text_tokens}", model_dir, records, shapes.picture, args.text_tokens
     )
     print(
-        f"model ({model.params / 1e6:,.0f}M parameters) and {records} records ready in {time.monotonic() - start:.0f} s",
+        f"model ({model.params / 1e6:,.0f}M parameters) and {records} records ready in "
+        f"{time.monotonic() - start:.0f} s",
         flush=True,
     )
     out = work / f"run-zero{args.zero}"

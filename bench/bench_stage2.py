@@ -163,7 +163,8 @@ def cpu_table(args) -> None:
         "prefill computed",
     )
     print(
-        f"\nstage-2 benchmark: {args.num_pairs} generated pairs, tiny models, max_new_tokens {args.max_new_tokens}, batch {args.batch_size}"
+        f"\nstage-2 benchmark: {args.num_pairs} generated pairs, tiny models, max_new_tokens {args.max_new_tokens}, "
+        f"batch {args.batch_size}"
     )
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
@@ -414,7 +415,8 @@ def gpu_table(args, extra: list[str]) -> int:
         results.append({"settings": label, "engine": engine, **stats})
 
     print(
-        f"\nstage-2 synthesis benchmark ({'small: the tiny shapes, a plumbing check' if args.small else 'GPU mode'}): {device}"
+        f"\nstage-2 synthesis benchmark ({'small: the tiny shapes, a plumbing check' if args.small else 'GPU mode'}): "
+        f"{device}"
     )
     print(f"model: {what}")
     print(
@@ -554,7 +556,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str], argparse
     gpu.add_argument(
         "--work",
         default="",
-        help="Folder for pairs, outputs and each row's log, kept (the random model is not); default: a temp folder, removed.",
+        help="Folder for pairs, outputs and each row's log, kept (the random model is not); default: a temp folder, "
+        "removed.",
     )
     gpu.add_argument(
         "--image_size",

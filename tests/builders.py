@@ -92,7 +92,8 @@ E = "<|eot_id|>"
 def handwritten(tmp_path):
     preds = [
         f"{prompts.PRECISE_HINT}\nHow many?{A}3{E}{U}{prompts.INFORMATIVE_HINT}\nHow many?{A}I count three, so 3.{E}",
-        f"{prompts.INFORMATIVE_HINT}\nWhat dish?{A}It is ramen.{E}{U}{prompts.PRECISE_HINT}\nWhat dish?{A}Ramen{E}{U}{prompts.PRECISE_HINT}\nHot?{A}Ye",
+        f"{prompts.INFORMATIVE_HINT}\nWhat dish?{A}It is ramen.{E}{U}{prompts.PRECISE_HINT}\nWhat "
+        f"dish?{A}Ramen{E}{U}{prompts.PRECISE_HINT}\nHot?{A}Ye",
         f"{prompts.PRECISE_HINT}\nOnly precise?{A}Yes{E}",
         None,
     ]

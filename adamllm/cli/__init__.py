@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
 def interrupted_message(args: argparse.Namespace) -> str:
     """What an interrupted command kept, and how to go on (one line)."""
     if args.command in ("synthesize", "filter", "run"):
-        return f"the records finished so far are saved in {Path(args.output_dir) / SHARDS_DIR}/; the same command resumes from them"
+        return (
+            f"the records finished so far are saved in {Path(args.output_dir) / SHARDS_DIR}/; the same command "
+            f"resumes from them"
+        )
     return "no output was half-written (each file is replaced whole, or left as it was); the same command starts again"
 
 

@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
     )
     parser.add_argument(
         "output_dir",
-        help="A finished stage-2 output folder (written by adamllm run / run_synthesis.sh, or synthesize + filter + format).",
+        help="A finished stage-2 output folder (written by adamllm run / run_synthesis.sh, or synthesize + filter + "
+        "format).",
     )
     parser.add_argument(
         "--to",
@@ -48,7 +49,8 @@ def add_parser(sub) -> None:
         "--image_folder",
         "--image-folder",
         default="",
-        help="The image folder (default: the one format ran with, else synthesis, from OUTPUT_DIR/stats.json). Images are read "
+        help="The image folder (default: the one format ran with, else synthesis, from OUTPUT_DIR/stats.json). Images "
+        "are read "
         "only from inside it, with the stages' path checks, and each must decode whole.",
     )
     parser.add_argument(
@@ -81,7 +83,8 @@ def run(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as e:
         parser.error(str(e))
     print(
-        f"wrote {s.rows} rows ({s.rows_with_synthetic_task} with a synthetic task) to {s.to}; {sum(s.rejected.values())} rejected {s.rejected or ''}".rstrip()
+        f"wrote {s.rows} rows ({s.rows_with_synthetic_task} with a synthetic task) to {s.to}; "
+        f"{sum(s.rejected.values())} rejected {s.rejected or ''}".rstrip()
     )
     if s.pushed_to:
         print(f"pushed to https://huggingface.co/datasets/{s.pushed_to}")

@@ -35,6 +35,7 @@ def run(args: FilterArgs) -> int:
         print(f"this shard is done; the last shard to finish writes {FILTERED_FILE}")
     else:
         print(
-            f"kept {stats['records_out']} of {stats['records_in']} records (verdicts {stats['verdicts']}) in {args.output_dir}/{FILTERED_FILE}"
+            f"kept {stats['records_out']} of {stats['records_in']} records (verdicts {stats['verdicts']}) in "
+            f"{args.output_dir}/{FILTERED_FILE}"
         )
     return 0

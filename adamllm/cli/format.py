@@ -54,7 +54,8 @@ def run(args: FormatArgs) -> int:
         )
     if "min_yes_prob" in c:
         print(
-            f"--min_yes_prob {c['min_yes_prob']}: {c['yes_prob_checked']} tasks checked, {c['dropped_low_yes_prob']} below it, "
+            f"--min_yes_prob {c['min_yes_prob']}: {c['yes_prob_checked']} tasks checked, {c['dropped_low_yes_prob']} "
+            f"below it, "
             f"{c['no_yes_prob']} without usable log-probabilities"
         )
     if c.get("file"):

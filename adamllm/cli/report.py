@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
         type=int,
         default=CARDS_PER_GROUP,
         metavar="N",
-        help=f"Record cards per verdict and reason, a seeded sample of each (default: {CARDS_PER_GROUP}); the summary counts every record.",
+        help=f"Record cards per verdict and reason, a seeded sample of each (default: {CARDS_PER_GROUP}); the summary "
+        f"counts every record.",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sample of cards (default: 0).")
     parser.set_defaults(run=lambda ns: run(ns, parser))

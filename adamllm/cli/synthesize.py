@@ -37,10 +37,12 @@ def run(args: SynthesizeArgs) -> int:
         print(f"this shard is done; the last shard to finish writes {TRIPLETS_FILE}")
     elif args.dry_run:
         print(
-            f"wrote {stats['records_out']} prompts to {args.output_dir}/{PROMPTS_FILE}; rejected {stats['rejected'] or 'none'}"
+            f"wrote {stats['records_out']} prompts to {args.output_dir}/{PROMPTS_FILE}; rejected "
+            f"{stats['rejected'] or 'none'}"
         )
     else:
         print(
-            f"synthesized {stats['records_out']} of {stats['records_in']} records into {args.output_dir}/{TRIPLETS_FILE}; rejected {stats['rejected'] or 'none'}"
+            f"synthesized {stats['records_out']} of {stats['records_in']} records into "
+            f"{args.output_dir}/{TRIPLETS_FILE}; rejected {stats['rejected'] or 'none'}"
         )
     return 0

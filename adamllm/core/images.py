@@ -64,7 +64,8 @@ def resolve_image_path(image_folder: str | os.PathLike, relative: str) -> Path:
         if not os.path.isfile(os.path.join(folder, relative)):
             raise RecordError(
                 "unsafe_image_path",
-                f"image path {relative!r} ends as a folder would ('/' or '/.'); write the file's path, e.g. {str(Path(relative))!r}",
+                f"image path {relative!r} ends as a folder would ('/' or '/.'); write the file's path, e.g. "
+                f"{str(Path(relative))!r}",
             )
     except (OSError, RuntimeError) as e:  # a name too long; a symlink loop (RuntimeError before Python 3.13)
         detail = getattr(e, "strerror", None) or "a symlink loop"
@@ -93,7 +94,8 @@ def check_image_unchanged(record: Any, path: str | os.PathLike) -> None:
         raise RecordError(
             "image_changed",
             f"{path} is not the image this record's task was written about (synthesis saw {recorded}, now {now}): "
-            "rerun synthesize into the run folder (it redoes records whose image changed), then filter --overwrite and format",
+            "rerun synthesize into the run folder (it redoes records whose image changed), then filter --overwrite and "
+            "format",
         )
 
 

@@ -73,7 +73,10 @@ def read_json_file(path: str | os.PathLike, expect: type | None = None, what: st
     return data
 
 
-TOO_DEEP = "lists or objects nested too deep to decode (about a thousand levels or more); no record of ours nests more than a few"
+TOO_DEEP = (
+    "lists or objects nested too deep to decode (about a thousand levels or more); no record of ours nests "
+    "more than a few"
+)
 
 
 def not_utf8(path: str | os.PathLike) -> str:
@@ -109,7 +112,10 @@ def not_utf8(path: str | os.PathLike) -> str:
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            return f"{path}: the file ends inside a UTF-8 character (byte offset {offset}); it is truncated or not UTF-8: save it as UTF-8"
+            return (
+                f"{path}: the file ends inside a UTF-8 character (byte offset {offset}); it is truncated or not "
+                f"UTF-8: save it as UTF-8"
+            )
     return f"{path} is not UTF-8; save it as UTF-8"
 
 

@@ -40,7 +40,10 @@ def syn_id_problem(value: Any) -> str:
     """ "" when `value` is a usable syn_id (an integer in 0..2**63 - 1), else what is wrong with it.
     JSON gives bools, floats (`3.0`) and integers of any size; none of those may pass as a number."""
     if isinstance(value, bool) or not isinstance(value, int):
-        return f"syn_id {value!r} is {'a ' + type(value).__name__ if value is not None else 'missing'}, not an integer record number"
+        return (
+            f"syn_id {value!r} is {'a ' + type(value).__name__ if value is not None else 'missing'}, not an "
+            f"integer record number"
+        )
     if value < 0:
         return f"syn_id {value} is negative; record numbers count from 0"
     if value > MAX_SYN_ID:
@@ -109,7 +112,8 @@ def check_json_values(record: Any) -> None:
     except UnicodeEncodeError:
         raise RecordError(
             "invalid_unicode",
-            f"{_bad_field(record, 'the record', _lone_surrogate)} holds a lone surrogate (invalid Unicode); fix its escapes in the input file",
+            f"{_bad_field(record, 'the record', _lone_surrogate)} holds a lone surrogate (invalid Unicode); fix its "
+            f"escapes in the input file",
         ) from None
     except ValueError:
         where = _bad_field(record, "the record", _not_finite)

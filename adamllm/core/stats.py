@@ -27,7 +27,8 @@ def read_stats(path: str | Path) -> dict:
         path,
         dict,
         "a JSON object of stages",
-        "repair it, or move it away and rerun each stage's command (a finished stage resumes at once and writes its entry again)",
+        "repair it, or move it away and rerun each stage's command (a finished stage resumes at once and writes its "
+        "entry again)",
     )
 
 
@@ -101,7 +102,8 @@ def _stale(out_dir: Path, first: int, upto: str, why: str) -> str:
     stale = [str(out_dir / name) for _, name in CHAIN[first:last] if (out_dir / name).exists()]
     todo = [f"`adamllm {stage}{' --overwrite' if stage != 'format' else ''}`" for stage in STAGES[first : last + 1]]
     return (
-        f"{out_dir} does not hold one run: {why}, so {', '.join(stale) or 'its later files'} {'is' if len(stale) == 1 else 'are'} stale "
+        f"{out_dir} does not hold one run: {why}, so {', '.join(stale) or 'its later files'} "
+        f"{'is' if len(stale) == 1 else 'are'} stale "
         f"({STATS_FILE} records what each stage read and wrote). Rerun {', then '.join(todo)} into {out_dir}, "
         "or `adamllm run` with --overwrite"
     )
@@ -158,7 +160,8 @@ def run_image_folder(out_dir: Path, stats: dict, given: str = "") -> tuple[Path 
             else f" (here: {resolved}, a relative folder being read from the current directory)"
         )
         raise ValueError(
-            f"{out_dir / STATS_FILE} says the images are in {folder}{relative}, but {recorded[0]} records that synthesis "
+            f"{out_dir / STATS_FILE} says the images are in {folder}{relative}, but {recorded[0]} records that "
+            f"synthesis "
             f"read them from {recorded[1]}; pass the run's image folder with --image_folder"
         )
     return resolved, source

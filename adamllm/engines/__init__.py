@@ -35,7 +35,10 @@ class EngineSettings:
     dtype: str = field(
         default="auto",
         metadata={
-            "help": "Weights dtype: auto is the checkpoint's as vLLM reads it (bfloat16 for the released synthesizer, and for a float32 checkpoint), as the release runs. CPU exception: auto means float32 there (bfloat16 is ~5x slower on AVX2 CPUs); pass --dtype bfloat16 to match the release's outputs on a CPU.",
+            "help": "Weights dtype: auto is the checkpoint's as vLLM reads it (bfloat16 for the released synthesizer, "
+            "and for a float32 checkpoint), as the release runs. CPU exception: auto means float32 there "
+            "(bfloat16 is ~5x slower on AVX2 CPUs); pass --dtype bfloat16 to match the release's outputs on a "
+            "CPU.",
             "choices": list(DTYPES),
         },
     )
@@ -46,57 +49,69 @@ class EngineSettings:
     batch_size: int = field(
         default=256,
         metadata={
-            "help": "Records per engine call: the unit of progress and of durable writes (hf: also the model batch). The release sends 500."
+            "help": "Records per engine call: the unit of progress and of durable writes (hf: also the model batch). "
+            "The release sends 500."
         },
     )
     gpu_memory_utilization: float = field(
         default=0.9,
         metadata={
-            "help": "vLLM: share of GPU memory for weights and KV cache; the rest of the KV space decides how many sequences run at once."
+            "help": "vLLM: share of GPU memory for weights and KV cache; the rest of the KV space decides how many "
+            "sequences run at once."
         },
     )
     max_num_seqs: int = field(
         default=0,
         metadata={
-            "help": "vLLM: most sequences decoded in one engine step (0: vLLM's default, 256 on most GPUs). Raise it with the KV cache room to decode more at once."
+            "help": "vLLM: most sequences decoded in one engine step (0: vLLM's default, 256 on most GPUs). Raise it "
+            "with the KV cache room to decode more at once."
         },
     )
     max_num_batched_tokens: int = field(
         default=0,
         metadata={
-            "help": "vLLM: most tokens one engine step computes, prefill chunks included (0: vLLM's default). Synthesis prompts hold ~3,200 tokens, ~2,900 of them the image's: 8192-16384 keeps prefill chunks large on a GPU."
+            "help": "vLLM: most tokens one engine step computes, prefill chunks included (0: vLLM's default). "
+            "Synthesis prompts hold ~3,200 tokens, ~2,900 of them the image's: 8192-16384 keeps prefill chunks "
+            "large on a GPU."
         },
     )
     enforce_eager: str = field(
         default="auto",
         metadata={
-            "help": "vLLM: on runs without torch.compile and CUDA graphs; off compiles (the release's setting; ~30 s at start, faster decode). auto: on on CPUs, off on GPUs. In bfloat16 on a CPU, on and off give slightly different outputs.",
+            "help": "vLLM: on runs without torch.compile and CUDA graphs; off compiles (the release's setting; ~30 s "
+            "at start, faster decode). auto: on on CPUs, off on GPUs. In bfloat16 on a CPU, on and off give "
+            "slightly different outputs.",
             "choices": list(SWITCH),
         },
     )
     prefix_caching: bool = field(
         default=True,
         metadata={
-            "help": "vLLM: reuse the KV cache of shared prompt prefixes (the filter's instruction and examples; the synthesizer's system turn). On in vLLM and the release; outputs are the same either way."
+            "help": "vLLM: reuse the KV cache of shared prompt prefixes (the filter's instruction and examples; the "
+            "synthesizer's system turn). On in vLLM and the release; outputs are the same either way."
         },
     )
     mm_processor_cache_gb: float = field(
         default=-1.0,
         metadata={
-            "help": "vLLM: GiB for caching processed images (-1: vLLM's default, 4). The cache helps only when an image comes again; 0 frees its memory."
+            "help": "vLLM: GiB for caching processed images (-1: vLLM's default, 4). The cache helps only when an "
+            "image comes again; 0 frees its memory."
         },
     )
     quantization: str = field(
         default="",
         metadata={
-            "help": "vLLM: fp8 quantizes the weights to FP8 at load (dynamic activation scales): about twice the matmul rate on Hopper and Ada GPUs and half the weight memory, at a small change in outputs (README: On GPUs). Empty: the checkpoint's weights.",
+            "help": "vLLM: fp8 quantizes the weights to FP8 at load (dynamic activation scales): about twice the "
+            "matmul rate on Hopper and Ada GPUs and half the weight memory, at a small change in outputs "
+            "(README: On GPUs). Empty: the checkpoint's weights.",
             "choices": ["", *QUANTIZATIONS],
         },
     )
     decode_threads: int = field(
         default=4,
         metadata={
-            "help": "Threads that decode and check the next images while the engine runs, so the engine does not wait for PIL."
+            "help": "Threads that decode and check the next images while the engine runs, so the engine does not wait "
+            "for PIL."
         },
     )
     engine_seed: int = field(

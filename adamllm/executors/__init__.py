@@ -28,7 +28,8 @@ class ExecutorArgs:
     shard_index: int = field(
         default=-1,
         metadata={
-            "help": "Run only shard I (a worker, or a cluster job); -1: one worker per GPU in CUDA_VISIBLE_DEVICES, else every shard here."
+            "help": "Run only shard I (a worker, or a cluster job); -1: one worker per GPU in CUDA_VISIBLE_DEVICES, "
+            "else every shard here."
         },
     )
     shard_timeout_s: float = field(
@@ -37,20 +38,25 @@ class ExecutorArgs:
     overwrite: bool = field(
         default=False,
         metadata={
-            "help": "When OUTPUT_DIR/shards holds this stage's results for another input or other settings, delete them and start the stage over; a shard file that cannot be resumed as it stands (a line written twice, a torn line, a record of another input) is redone. Sound results for the same input and settings are always resumed."
+            "help": "When OUTPUT_DIR/shards holds this stage's results for another input or other settings, delete "
+            "them and start the stage over; a shard file that cannot be resumed as it stands (a line written "
+            "twice, a torn line, a record of another input) is redone. Sound results for the same input and "
+            "settings are always resumed."
         },
     )
     executor: str = field(
         default="local",
         metadata={
-            "help": "local: this machine (one worker per GPU in CUDA_VISIBLE_DEVICES); ray: Ray actors on a Ray cluster, or on a local Ray instance.",
+            "help": "local: this machine (one worker per GPU in CUDA_VISIBLE_DEVICES); ray: Ray actors on a Ray "
+            "cluster, or on a local Ray instance.",
             "choices": list(EXECUTORS),
         },
     )
     ray_address: str = field(
         default="",
         metadata={
-            "help": "Ray: the cluster to join (auto, host:6379, ray://host:10001); empty: start a local Ray instance with this machine's CPUs and GPUs."
+            "help": "Ray: the cluster to join (auto, host:6379, ray://host:10001); empty: start a local Ray instance "
+            "with this machine's CPUs and GPUs."
         },
     )
     num_workers: int = field(

@@ -38,9 +38,9 @@ ACTOR_START_TIMEOUT_S = 3600
 class StageActor:
     """One Ray actor: builds its stage from data, loads the engine once, runs batches.
 
-    Subclassed per run with the stage as data (`adamllm.executors.stage.stage_spec`) as a class attribute (`_actor_class`):
-    Ray keeps constructor arguments in its object store, and warns that an actor restarted after
-    losing them could not be rebuilt.
+    Subclassed per run with the stage as data (`adamllm.executors.stage.stage_spec`) as a class
+    attribute (`_actor_class`): Ray keeps constructor arguments in its object store, and warns that
+    an actor restarted after losing them could not be rebuilt.
     """
 
     spec: dict = {}

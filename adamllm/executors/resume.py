@@ -35,7 +35,8 @@ NOT_FINGERPRINTED = {
     "ray_address": "where Ray runs",
     "num_workers": "how many Ray actors run",
     "batch_size": "records per engine call: the same outputs (tests/stage2/test_run.py, docs/gpu.md)",
-    "max_batch_pixels": "a batch goes to the engine in parts, each image whole: the same outputs (tests/end_to_end/test_hostile_stages.py)",
+    "max_batch_pixels": "a batch goes to the engine in parts, each image whole: the same outputs "
+    "(tests/end_to_end/test_hostile_stages.py)",
     "decode_threads": "who decodes the images, not how",
     "prefix_caching": "docs/gpu.md: identical outputs with and without",
     "mm_processor_cache_gb": "a cache of processed images: an image is processed the same either way",

@@ -84,7 +84,8 @@ def recover(path: Path) -> list[int]:
 
 def _sort_runs(path: Path) -> None:
     """Merge a shard file's runs of increasing syn_ids into one. A resume that redid records (see
-    `adamllm.executors.resume.drop_changed`) appended them after later ones; the merge needs each shard file in order."""
+    `adamllm.executors.resume.drop_changed`) appended them after later ones; the merge needs each
+    shard file in order."""
     runs, start, offset, last = [], 0, 0, None
     with open(path, "rb") as fh:
         for line in fh:
@@ -244,7 +245,8 @@ def merge_shards(
                 if path == last[1]:
                     raise RuntimeError(f"{_repeat(path, syn_id, number, last[0])}; {RESTART}")
                 raise RuntimeError(
-                    f"syn_id {syn_id} is in two shards, {last[1]} (line {last[2]}) and {path} (line {number}); {RESTART}"
+                    f"syn_id {syn_id} is in two shards, {last[1]} (line {last[2]}) and {path} (line {number}); "
+                    f"{RESTART}"
                 )
             last = (syn_id, path, number)
             out.write(json_line(record) + "\n")

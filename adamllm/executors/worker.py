@@ -2,8 +2,8 @@
 
     python -m adamllm.executors.worker OUTPUT_DIR/shards/syn_task_triplets.worker-001-of-004.json
 
-The spec file (`adamllm.executors.stage.stage_spec`) holds the stage's class and its argument dataclass's class as import
-paths, and the arguments, with `shard_index` and `num_shards` set; the parent
+The spec file (`adamllm.executors.stage.stage_spec`) holds the stage's class and its argument
+dataclass's class as import paths, and the arguments, with `shard_index` and `num_shards` set; the parent
 (adamllm.executors.local) merges afterwards. Executors never name a concrete stage: any class
 that implements `adamllm.executors.stage.Stage` and takes its argument dataclass runs here.
 """

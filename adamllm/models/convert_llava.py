@@ -49,7 +49,8 @@ class ConvertArgs:
     vision_tower: str = field(
         default="",
         metadata={
-            "help": "CLIP vision model (hub id or folder) for the tower's config, image processing and, when SRC lacks them, weights; default: the one SRC's mm_vision_tower names."
+            "help": "CLIP vision model (hub id or folder) for the tower's config, image processing and, when SRC lacks "
+            "them, weights; default: the one SRC's mm_vision_tower names."
         },
     )
 
@@ -281,7 +282,10 @@ def _read_tensors(src: Path):
 
 
 def _damaged(path: Path, error: Exception) -> str:
-    return f"{path} is not a readable weights file ({error or type(error).__name__}): it is truncated or damaged; download or copy it again"
+    return (
+        f"{path} is not a readable weights file ({error or type(error).__name__}): it is truncated or damaged; "
+        f"download or copy it again"
+    )
 
 
 def _save_weights(weights: dict, out: Path) -> None:

@@ -231,7 +231,10 @@ def processor_problem(processor, config) -> str:
         try:
             tokens = image_token_count(processor, width, height)
         except (ArithmeticError, TypeError, ValueError) as e:  # tiles larger than every grid pinpoint
-            seen = f"cannot expand a {width}x{height} image ({type(e).__name__}: {e}), where the model makes {features} image features"
+            seen = (
+                f"cannot expand a {width}x{height} image ({type(e).__name__}: {e}), where the model makes "
+                f"{features} image features"
+            )
         else:
             if tokens == features:
                 continue

@@ -71,7 +71,8 @@ def dataset_card(name: str, stats: dict, summary: ExportSummary) -> str:
     for stage in ("synthesize", "filter", "format"):
         s = stage_entry(stats, stage)
         rows.append(
-            f"| {stage} | {_cell(s.get('records_in'))} | {_cell(s.get('records_out'))} | {_cell(s.get('rejected', {}))} |"
+            f"| {stage} | {_cell(s.get('records_in'))} | {_cell(s.get('records_out'))} | "
+            f"{_cell(s.get('rejected', {}))} |"
         )
     rows.append(f"| export | {summary.records_in} | {summary.rows} | {_cell(summary.rejected)} |")
     filt = stage_entry(stats, "filter")
@@ -82,13 +83,16 @@ def dataset_card(name: str, stats: dict, summary: ExportSummary) -> str:
     if "dedup" in curation:
         lines.append(
             f"- duplicate questions (`adamllm format --dedup {_cell(curation.get('dedup'))}`, at most "
-            f"{_cell(curation.get('max_per_question'))} per question): {_cell(curation.get('questions_seen'))} questions seen, "
-            f"{_cell(curation.get('questions_distinct'))} distinct, {_cell(curation.get('dropped_duplicate'))} dropped as duplicates"
+            f"{_cell(curation.get('max_per_question'))} per question): {_cell(curation.get('questions_seen'))} "
+            f"questions seen, "
+            f"{_cell(curation.get('questions_distinct'))} distinct, {_cell(curation.get('dropped_duplicate'))} dropped "
+            f"as duplicates"
         )
     if "min_yes_prob" in curation:
         lines.append(
             f"- verdict confidence (`adamllm format --min_yes_prob {_cell(curation.get('min_yes_prob'))}`): "
-            f"{_cell(curation.get('yes_prob_checked'))} tasks checked, {_cell(curation.get('dropped_low_yes_prob'))} dropped below it, "
+            f"{_cell(curation.get('yes_prob_checked'))} tasks checked, {_cell(curation.get('dropped_low_yes_prob'))} "
+            f"dropped below it, "
             f"{_cell(curation.get('no_yes_prob'))} without log-probabilities"
         )
     curation_text = "\n".join(lines) or "None: every task the checker said Yes to is kept (the paper's rule)."
@@ -160,4 +164,4 @@ from datasets import load_from_disk   # this folder, as written by `adamllm expo
 ds = load_from_disk("{_cell(name)}")
 # from the Hub, once pushed: load_dataset("NAMESPACE/NAME", split="train")
 ```
-"""
+"""  # noqa: E501 (a Markdown table row is one line)

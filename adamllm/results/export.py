@@ -97,7 +97,8 @@ class ExportArgs:
         missing = [name for name in (FILTERED_FILE, FINAL_FILE, STATS_FILE) if not (out / name).is_file()]
         if missing:
             errors.append(
-                f"{self.output_dir} holds no finished stage-2 run (no {', '.join(missing)}); run `adamllm run` (or synthesize, filter and format) first"
+                f"{self.output_dir} holds no finished stage-2 run (no {', '.join(missing)}); run `adamllm run` (or "
+                f"synthesize, filter and format) first"
             )
         to = Path(self.to) if self.to else None
         if to is None:
@@ -126,7 +127,8 @@ def check_hub(repo: str) -> list[str]:
         errors.append(f"--push_to_hub {repo}: not a Hub repo id ({e}); give NAMESPACE/NAME")
     if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
         errors.append(
-            f"--push_to_hub {repo}: HF_HUB_OFFLINE is set, so nothing can be pushed; unset it, or export without --push_to_hub"
+            f"--push_to_hub {repo}: HF_HUB_OFFLINE is set, so nothing can be pushed; unset it, or export without "
+            f"--push_to_hub"
         )
     elif get_token() is None:
         errors.append(f"--push_to_hub {repo}: no Hugging Face token; log in with `hf auth login` or set HF_TOKEN")
@@ -143,7 +145,8 @@ def _indices(path: Path) -> Iterator[tuple[int, dict]]:
         index = row.get("index") if isinstance(row, dict) else None
         if type(index) is not int or index <= last:
             raise ValueError(
-                f"{path}: row {n} has index {index!r}; format writes increasing record indices here. Rerun `adamllm format`"
+                f"{path}: row {n} has index {index!r}; format writes increasing record indices here. Rerun `adamllm "
+                f"format`"
             )
         last = index
         yield index, row
@@ -172,7 +175,8 @@ def check_join(out: Path) -> int:
     finals = sum(1 for _ in read_run_records(final))
     if finals != filtered - rejected:
         raise ValueError(
-            f"{final} holds {finals} records, but {out / FILTERED_FILE} holds {filtered}, of which format rejected {rejected}: "
+            f"{final} holds {finals} records, but {out / FILTERED_FILE} holds {filtered}, of which format rejected "
+            f"{rejected}: "
             "they are not from the same format run; rerun `adamllm format` into this folder, then export"
         )
     return finals
@@ -209,7 +213,8 @@ def _row(record: dict, final: Any, curated: dict | None, folder: str) -> dict:
     image = pair.image
     if Path(_final_image(final)).name != Path(image).name:
         raise ValueError(
-            f"the post-training record for syn_id {record.get(SYN_ID)!r} names image {_final_image(final)!r}, its filtered record "
+            f"the post-training record for syn_id {record.get(SYN_ID)!r} names image {_final_image(final)!r}, its "
+            f"filtered record "
             f"{image!r}: the files are not from the same format run; rerun `adamllm format`, then export"
         )
     path = resolve_image_path(folder, image)
@@ -253,7 +258,8 @@ def generate_rows(out_dir: str, folder: str, rejects: Rejects, summary: ExportSu
         final = next(finals, None)
         if final is None:
             raise ValueError(
-                f"{final_path} ends before the filtered records it was formatted from; rerun `adamllm format`, then export"
+                f"{final_path} ends before the filtered records it was formatted from; rerun `adamllm format`, then "
+                f"export"
             )
         summary.records_in += 1
         try:

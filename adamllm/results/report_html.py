@@ -100,7 +100,8 @@ def _svg_histogram(values: Counter, title: str, width: int = 300, height: int = 
     bar = width / n
     rects = "".join(
         f'<rect x="{i * bar:.1f}" y="{height - 18 - c / peak * (height - 30):.1f}" width="{bar - 2:.1f}" '
-        f'height="{c / peak * (height - 30):.1f}" fill="#4a78b5"><title>{lo + i * step}-{lo + (i + 1) * step - 1}: {c}</title></rect>'
+        f'height="{c / peak * (height - 30):.1f}" fill="#4a78b5"><title>{lo + i * step}-{lo + (i + 1) * step - 1}: '
+        f"{c}</title></rect>"
         for i, c in sorted(counts.items())
     )
     axis = f'<text x="0" y="{height - 4}" font-size="10">{lo}</text><text x="{width - 30}" y="{height - 4}" font-size="10">{hi}</text>'
@@ -193,7 +194,8 @@ def _card(card: Card) -> str:
         f"<h3>Caption</h3><pre>{h(card.caption)}</pre>"
         f"<details><summary>Synthesizer output: {len(card.pairs)} pair(s)</summary>{pairs}"
         f"<h4>Raw output</h4><pre>{h(card.pred if card.pred is not None else '(none)')}</pre></details>"
-        f"<h3>Collected triplet</h3>{_triplet(card.triplet)}<h3>Training conversation</h3>{conversation}</div></section>"
+        f"<h3>Collected triplet</h3>{_triplet(card.triplet)}<h3>Training "
+        f"conversation</h3>{conversation}</div></section>"
     )
 
 
@@ -259,7 +261,8 @@ def _svg_yes_prob(summary: Summary, threshold: object, width: int = 440, height:
                 y -= h
                 lo, hi = i / YES_PROB_BINS, (i + 1) / YES_PROB_BINS
                 rects.append(
-                    f'<rect x="{i * bar:.1f}" y="{y:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" fill="{colour}" data-series="{series}">'
+                    f'<rect x="{i * bar:.1f}" y="{y:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" fill="{colour}" '
+                    f'data-series="{series}">'
                     f"<title>P(yes) {lo:.2f}-{hi:.2f}, {_h(label)}: {b[series]}</title></rect>"
                 )
     line = ""
@@ -270,7 +273,8 @@ def _svg_yes_prob(summary: Summary, threshold: object, width: int = 440, height:
             f"<title>--min_yes_prob {threshold:g}</title></line>"
         )
     axis = (
-        f'<text x="0" y="{height - 4}" font-size="10">0</text><text x="{width / 2 - 8:.0f}" y="{height - 4}" font-size="10">0.5</text>'
+        f'<text x="0" y="{height - 4}" font-size="10">0</text><text x="{width / 2 - 8:.0f}" y="{height - 4}" '
+        f'font-size="10">0.5</text>'
         f'<text x="{width - 8}" y="{height - 4}" font-size="10">1</text>'
     )
     legend = " ".join(
@@ -278,8 +282,10 @@ def _svg_yes_prob(summary: Summary, threshold: object, width: int = 440, height:
         for series, label, colour in PROB_SERIES
     )
     return (
-        f'<div class="plot" id="yes-prob"><b>P(yes) of the checker</b> (n={sum(counts.values())}; softmax over the Yes / No / Open log-probabilities)<br>'
-        f'<svg width="{width}" height="{height}" role="img" aria-label="P(yes) distribution">{"".join(rects)}{line}{axis}</svg><br>{legend}</div>'
+        f'<div class="plot" id="yes-prob"><b>P(yes) of the checker</b> (n={sum(counts.values())}; softmax over the Yes '
+        f"/ No / Open log-probabilities)<br>"
+        f'<svg width="{width}" height="{height}" role="img" aria-label="P(yes) '
+        f'distribution">{"".join(rects)}{line}{axis}</svg><br>{legend}</div>'
     )
 
 
@@ -297,18 +303,22 @@ def _curation(fmt: dict, summary: Summary) -> str:
             else ""
         )
         parts.append(
-            f'<p id="dedup">Duplicate questions (<code>--dedup {_h(c.get("dedup"))}</code>, at most {_h(number(c.get("max_per_question"), missing="?"))} '
+            f'<p id="dedup">Duplicate questions (<code>--dedup {_h(c.get("dedup"))}</code>, at most '
+            f"{_h(number(c.get('max_per_question'), missing='?'))} "
             f"per question{near}): <b>{_h(number(c.get('questions_seen'), missing='?'))}</b> questions seen, "
             f"<b>{_h(number(c.get('questions_distinct'), missing='?'))}</b> distinct, "
-            f"<b>{_h(number(c.get('dropped_duplicate'), missing='?'))}</b> dropped as duplicates (their caption tasks stay; "
+            f"<b>{_h(number(c.get('dropped_duplicate'), missing='?'))}</b> dropped as duplicates (their caption tasks "
+            f"stay; "
             f"cards: reason {DUPLICATE_QUESTION}).</p>"
         )
     if "min_yes_prob" in c:
         parts.append(
-            f'<p id="confidence">Verdict confidence (<code>--min_yes_prob {_h(number(c.get("min_yes_prob"), "g", "?"))}</code>): '
+            f'<p id="confidence">Verdict confidence (<code>--min_yes_prob '
+            f"{_h(number(c.get('min_yes_prob'), 'g', '?'))}</code>): "
             f"<b>{_h(number(c.get('yes_prob_checked'), missing='?'))}</b> tasks checked, "
             f"<b>{_h(number(c.get('dropped_low_yes_prob'), missing='?'))}</b> dropped below it ({LOW_YES_PROB}), "
-            f"<b>{_h(number(c.get('no_yes_prob'), missing='?'))}</b> without usable log-probabilities ({NO_YES_PROB}).</p>"
+            f"<b>{_h(number(c.get('no_yes_prob'), missing='?'))}</b> without usable log-probabilities "
+            f"({NO_YES_PROB}).</p>"
         )
     if not parts:
         parts.append(
@@ -345,7 +355,8 @@ def _sample_note(summary: Summary, cards: int, per_group: int) -> str:
     if cards == summary.records:
         return f'<p id="sample">A card for each of the <b>{summary.records}</b> records.</p>'
     return (
-        f'<p id="sample">The cards are a sample: <b>{cards}</b> of the <b>{summary.records}</b> records, at most {per_group} '
+        f'<p id="sample">The cards are a sample: <b>{cards}</b> of the <b>{summary.records}</b> records, at most '
+        f"{per_group} "
         f"per verdict and reason, the same on every run (<code>adamllm report --cards_per_group N --seed S</code> "
         "chooses how many and which); every count and plot above is over all records.</p>"
     )

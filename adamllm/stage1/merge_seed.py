@@ -98,11 +98,17 @@ def blank_image_problem(path: str) -> str:
     if not blank.exists():
         return ""
     if not blank.is_file():
-        return f"--blank_image_path {path}: is a folder, not an image; give an image file, or a path where none exists to have a blank one made"
+        return (
+            f"--blank_image_path {path}: is a folder, not an image; give an image file, or a path where none "
+            f"exists to have a blank one made"
+        )
     try:
         check_image(blank)
     except RecordError as e:
-        return f"--blank_image_path {path}: {e.detail}; give an image file, or a path where none exists to have a blank one made"
+        return (
+            f"--blank_image_path {path}: {e.detail}; give an image file, or a path where none exists to have a "
+            f"blank one made"
+        )
     return ""
 
 

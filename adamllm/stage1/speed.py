@@ -72,7 +72,10 @@ def liger_unavailable() -> str:
         if importlib.util.find_spec(module) is None
     ]
     if missing:
-        return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (pip install liger-kernel, which brings triton)"
+        return (
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (pip install "
+            f"liger-kernel, which brings triton)"
+        )
     if not torch.cuda.is_available():
         return "no CUDA device (Liger's kernels are Triton GPU kernels)"
     try:
@@ -135,7 +138,8 @@ def apply_liger(model, kernels=None) -> None:
     text_type = model.config.text_config.model_type
     if text_type != "llama":
         raise ValueError(
-            f"--use_liger_kernel: the text model is a {text_type}; only a Llama text model (LLaVA-NeXT Llama-3) is patched"
+            f"--use_liger_kernel: the text model is a {text_type}; only a Llama text model (LLaVA-NeXT Llama-3) is "
+            f"patched"
         )
     kernels.apply_liger_kernel_to_llama(
         rope=True,

@@ -67,7 +67,8 @@ class ModelArguments:
     attn_implementation: str = field(
         default="sdpa",
         metadata={
-            "help": "sdpa, eager, or flash_attention_2 (pip install flash-attn; needs CUDA and --bf16, else sdpa with a warning)."
+            "help": "sdpa, eager, or flash_attention_2 (pip install flash-attn; needs CUDA and --bf16, else sdpa with "
+            "a warning)."
         },
     )
 
@@ -87,7 +88,8 @@ class DataArguments:
     blank_image_path: str = field(
         default="",
         metadata={
-            "help": "The blank image (made if missing); default OUTPUT_DIR/blank.png, or with --data_path the one its merge-seed summary names."
+            "help": "The blank image (made if missing); default OUTPUT_DIR/blank.png, or with --data_path the one its "
+            "merge-seed summary names."
         },
     )
     replace_with_blank_image_percent: float = field(
@@ -99,7 +101,8 @@ class DataArguments:
         errors = []
         if bool(self.data_path) == any(seed):
             errors.append(
-                "give either --data_path or the three seed files (--caption_path --precise_qa_path --informative_qa_path)"
+                "give either --data_path or the three seed files (--caption_path --precise_qa_path "
+                "--informative_qa_path)"
             )
         if any(seed) and not all(seed):
             errors.append("--caption_path, --precise_qa_path and --informative_qa_path go together")
@@ -126,19 +129,22 @@ class TrainingArguments(transformers.TrainingArguments):
     check_only: bool = field(
         default=False,
         metadata={
-            "help": "Check the arguments, seed files and base model, then exit: tune_synthesizer.sh does this before torchrun starts its processes."
+            "help": "Check the arguments, seed files and base model, then exit: tune_synthesizer.sh does this before "
+            "torchrun starts its processes."
         },
     )
     padding_free: bool = field(
         default=False,
         metadata={
-            "help": "Pack each micro-batch into one row without padding (position ids restart per sample); with sdpa, eager or flash_attention_2."
+            "help": "Pack each micro-batch into one row without padding (position ids restart per sample); with sdpa, "
+            "eager or flash_attention_2."
         },
     )
     step_timing: bool = field(
         default=False,
         metadata={
-            "help": "Write OUTPUT_DIR/step_timing.rank<R>.json: seconds and tokens per optimizer step, peak memory (read by bench/bench_stage1.py)."
+            "help": "Write OUTPUT_DIR/step_timing.rank<R>.json: seconds and tokens per optimizer step, peak memory "
+            "(read by bench/bench_stage1.py)."
         },
     )
 
@@ -414,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: one line (from one rank), not a traceback per rank
         if training_args.process_index == 0:
             print(
-                f"adamllm train: interrupted; the checkpoints saved so far are in {training_args.output_dir} (checkpoint-*); "
+                f"adamllm train: interrupted; the checkpoints saved so far are in {training_args.output_dir} "
+                f"(checkpoint-*); "
                 "the same command resumes from the last one",
                 file=sys.stderr,
             )

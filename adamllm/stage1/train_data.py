@@ -53,7 +53,8 @@ def conversation_turns(record: dict) -> list[Turn]:
     ):
         raise RecordError(
             "bad_schema",
-            'a training record needs "conversations": a caption round and at least one pair, each {"from": "human"|"gpt", "value"}',
+            'a training record needs "conversations": a caption round and at least one pair, each {"from": '
+            '"human"|"gpt", "value"}',
         )
     turns = [Turn(ROLES[t["from"]], t["value"]) for t in conv]
     if [t.role for t in turns] != [USER, ASSISTANT] * (len(turns) // 2) or len(turns) % 2:
@@ -114,7 +115,8 @@ class SeedDataset(torch.utils.data.Dataset):
                 if head >= model_max_length:
                     raise RecordError(
                         "prompt_too_long",
-                        f"the image and caption ({len(turns[1].text):,} characters) alone exceed --model_max_length {model_max_length}",
+                        f"the image and caption ({len(turns[1].text):,} characters) alone exceed --model_max_length "
+                        f"{model_max_length}",
                     )
                 text = training_text(turns, image_token)
                 count = count_tokens(self.tokenizer, text, model_max_length)

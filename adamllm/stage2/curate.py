@@ -69,10 +69,14 @@ class CurationArgs:
         metadata={
             "help": (
                 "Beyond the paper: remove duplicate synthetic questions. none: keep every kept triplet (the paper); "
-                "exact: questions equal once case, whitespace and punctuation are ignored; near: near-duplicates, found by "
-                f"MinHash LSH (datasketch, {NUM_PERM} permutations) over the questions' word shingles and confirmed by the "
-                "Jaccard similarity of the shingle sets (>= --near_threshold). Each group of duplicates keeps --max_per_question "
-                "tasks, a seeded choice (--seed, by syn_id: reruns and shardings agree); the others lose their synthetic task "
+                "exact: questions equal once case, whitespace and punctuation are ignored; near: near-duplicates, "
+                "found by "
+                f"MinHash LSH (datasketch, {NUM_PERM} permutations) over the questions' word shingles and confirmed by "
+                f"the "
+                "Jaccard similarity of the shingle sets (>= --near_threshold). Each group of duplicates keeps "
+                "--max_per_question "
+                "tasks, a seeded choice (--seed, by syn_id: reruns and shardings agree); the others lose their "
+                "synthetic task "
                 "(the caption task stays), counted as duplicate_question and listed in OUTPUT's .curation.jsonl. "
                 "Takes a first pass over the input; memory grows with the questions kept, not the input."
             ),
@@ -82,15 +86,18 @@ class CurationArgs:
     max_per_question: int = field(
         default=1,
         metadata={
-            "help": "With --dedup: how many records may keep a task asking the same (exact) or a near-duplicate (near) question."
+            "help": "With --dedup: how many records may keep a task asking the same (exact) or a near-duplicate (near) "
+            "question."
         },
     )
     near_threshold: float = field(
         default=DEFAULT_NEAR_THRESHOLD,
         metadata={
             "help": (
-                "With --dedup near: the Jaccard similarity of two questions' word shingles at or above which they are near-duplicates, "
-                "0 < T <= 1 (at 0.8 and --near_ngram 1, 'what is the main subject of this image' and 'what is the main subject "
+                "With --dedup near: the Jaccard similarity of two questions' word shingles at or above which they are "
+                "near-duplicates, "
+                "0 < T <= 1 (at 0.8 and --near_ngram 1, 'what is the main subject of this image' and 'what is the main "
+                "subject "
                 "of the image' are: 7 of 8 words shared)."
             )
         },
@@ -98,18 +105,24 @@ class CurationArgs:
     near_ngram: int = field(
         default=1,
         metadata={
-            "help": "With --dedup near: words per shingle. 1: a question's set of words; 2 or more: its contiguous word n-grams (word order counts; stricter on short questions)."
+            "help": "With --dedup near: words per shingle. 1: a question's set of words; 2 or more: its contiguous "
+            "word n-grams (word order counts; stricter on short questions)."
         },
     )
     min_yes_prob: float = field(
         default=0.0,
         metadata={
             "help": (
-                "Beyond the paper: keep a synthetic task only when the checker's probability of Yes is at least this, that is the "
-                "softmax over the Yes / No / Open log-probabilities `adamllm filter --mode logprob` records (a word not among the "
-                "checker's top-20 first tokens counts as 0). 0 turns it off. A yes verdict already has the largest of the "
-                "three, so a value <= 1/3 removes nothing. The input must come from --mode logprob. Tasks removed are counted as "
-                "low_yes_prob (no_yes_prob for a record whose log-probabilities are missing) and listed in OUTPUT's .curation.jsonl."
+                "Beyond the paper: keep a synthetic task only when the checker's probability of Yes is at least this, "
+                "that is the "
+                "softmax over the Yes / No / Open log-probabilities `adamllm filter --mode logprob` records (a word "
+                "not among the "
+                "checker's top-20 first tokens counts as 0). 0 turns it off. A yes verdict already has the largest of "
+                "the "
+                "three, so a value <= 1/3 removes nothing. The input must come from --mode logprob. Tasks removed are "
+                "counted as "
+                "low_yes_prob (no_yes_prob for a record whose log-probabilities are missing) and listed in OUTPUT's "
+                ".curation.jsonl."
             )
         },
     )

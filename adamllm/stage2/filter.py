@@ -145,7 +145,8 @@ class FilterStage:
             if syn_id_problem(syn_id) or syn_id <= last:
                 raise ValueError(
                     f"{self.args.data_path}: record {index} has syn_id {syn_id!r}; the filter's input needs an integer "
-                    "syn_id (0 to 2**63 - 1) per record, each once, in increasing order (as `adamllm synthesize` writes them)"
+                    "syn_id (0 to 2**63 - 1) per record, each once, in increasing order (as `adamllm synthesize` "
+                    "writes them)"
                 )
             last = syn_id
             yield syn_id, record
@@ -191,7 +192,8 @@ class FilterStage:
             over = "" if count.whole else f"a prompt of {len(prompt):,} characters: over "
             raise RecordError(
                 "prompt_too_long",
-                f"{over}{count.n} prompt tokens leave no room to answer under --max_model_len {self.args.max_model_len}; "
+                f"{over}{count.n} prompt tokens leave no room to answer under --max_model_len "
+                f"{self.args.max_model_len}; "
                 "raise --max_model_len (the release's filter allows 8192) or shorten --prompt_file",
             )
         self.pending[syn_id] = out

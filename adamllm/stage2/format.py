@@ -128,7 +128,8 @@ def kept_triplet(record: dict) -> tuple[Triplet | None, str]:
 class FormatArgs(CurationArgs):
     data_path: str = field(
         metadata={
-            "help": "filtered_task_pairs.jsonl written by `adamllm filter` (or any file of records with the stage-2 fields)."
+            "help": "filtered_task_pairs.jsonl written by `adamllm filter` (or any file of records with the stage-2 "
+            "fields)."
         }
     )
     image_folder: str = field(metadata={"help": "Folder the records' image paths are relative to."})
@@ -141,14 +142,16 @@ class FormatArgs(CurationArgs):
     style: str = field(
         default="llamafactory",
         metadata={
-            "help": "llamafactory: ShareGPT messages + images (paths relative to the output file); llava: LLaVA conversations (paths relative to the image folder).",
+            "help": "llamafactory: ShareGPT messages + images (paths relative to the output file); llava: LLaVA "
+            "conversations (paths relative to the image folder).",
             "choices": list(STYLES),
         },
     )
     seed: int = field(
         default=42,
         metadata={
-            "help": "Seed of the per-record template choice and caption placement, and of which duplicates keep their task (--dedup)."
+            "help": "Seed of the per-record template choice and caption placement, and of which duplicates keep their "
+            "task (--dedup)."
         },
     )
 
@@ -277,7 +280,10 @@ def build_record(
         if missing in (LOW_YES_PROB, NO_YES_PROB):
             log_curation(curation, index, syn_id, missing, found.detail, found.question, found.yes_prob, None)
         elif triplet is not None and deduper is not None and (kept_by := deduper.decide(syn_id, triplet.Q)) is not None:
-            found.detail = f"the question duplicates that of syn_id {kept_by}, whose task is kept (--dedup {args.dedup}, --max_per_question {args.max_per_question})"
+            found.detail = (
+                f"the question duplicates that of syn_id {kept_by}, whose task is kept (--dedup "
+                f"{args.dedup}, --max_per_question {args.max_per_question})"
+            )
             log_curation(curation, index, syn_id, DUPLICATE_QUESTION, found.detail, triplet.Q, found.yes_prob, kept_by)
             triplet, missing = None, DUPLICATE_QUESTION
     tasks = []
@@ -312,8 +318,10 @@ def check_curation_input(args: FormatArgs) -> None:
     """Input-level checks of the curation flags, before anything is written (ValueError)."""
     if args.min_yes_prob > 0 and lacks_logprob_verdicts(iter_json_records(args.data_path)):
         raise ValueError(
-            f"--min_yes_prob {args.min_yes_prob}: {args.data_path} holds verdicts but no logprob verdicts (no record has {LOGPROBS}); "
-            "filter with `adamllm filter --mode logprob` (or `adamllm run --mode logprob`) first, or leave out --min_yes_prob"
+            f"--min_yes_prob {args.min_yes_prob}: {args.data_path} holds verdicts but no logprob verdicts (no record "
+            f"has {LOGPROBS}); "
+            "filter with `adamllm filter --mode logprob` (or `adamllm run --mode logprob`) first, or leave out "
+            "--min_yes_prob"
         )
 
 

@@ -97,7 +97,8 @@ class RunArgs(EngineSettings, ExecutorArgs, CurationArgs):
             errors.append(check_prompt_file(self.prompt_file))
         if self.shard_index >= 0:
             errors.append(
-                "--shard_index: run one shard per job with `adamllm synthesize` and `adamllm filter`, then `adamllm format`"
+                "--shard_index: run one shard per job with `adamllm synthesize` and `adamllm filter`, then `adamllm "
+                "format`"
             )
         errors += check_executor_args(self) + check_engine_settings(self) + self.curation_errors()
         if self.min_yes_prob > 0 and self.mode != "logprob":

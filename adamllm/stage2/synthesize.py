@@ -75,7 +75,8 @@ class SynthesizeArgs(EngineArgs, ExecutorArgs):
     max_batch_pixels: int = field(
         default=256_000_000,
         metadata={
-            "help": "Most decoded image pixels held at once: a batch whose images hold more goes to the engine in parts (the model sees the same images; memory is ~3 bytes a pixel)."
+            "help": "Most decoded image pixels held at once: a batch whose images hold more goes to the engine in "
+            "parts (the model sees the same images; memory is ~3 bytes a pixel)."
         },
     )
 
@@ -96,7 +97,8 @@ class SynthesizeArgs(EngineArgs, ExecutorArgs):
             errors.append(f"--limit {self.limit}: must be >= 0")
         if self.max_batch_pixels < 1:
             errors.append(
-                f"--max_batch_pixels {self.max_batch_pixels}: must be >= 1 (an image larger than this goes to the engine alone)"
+                f"--max_batch_pixels {self.max_batch_pixels}: must be >= 1 (an image larger than this goes to the "
+                f"engine alone)"
             )
         if errors:
             raise ValueError("; ".join(errors))
@@ -145,7 +147,8 @@ class Prompter:
             )
             raise RecordError(
                 "prompt_too_long",
-                f"{over}{text_tokens + image_tokens} prompt tokens ({image_tokens} for the image{caption}) leave no room under "
+                f"{over}{text_tokens + image_tokens} prompt tokens ({image_tokens} for the image{caption}) leave no "
+                f"room under "
                 f"--max_model_len {self.args.max_model_len}; shorten the caption or raise --max_model_len",
             )
         request = Request(

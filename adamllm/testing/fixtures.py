@@ -72,7 +72,10 @@ FILLER = (
 
 
 def caption(scene: Scene, rng: random.Random | None = None) -> str:
-    text = f"The image shows {NUMBER_WORDS[scene.count]} {scene.color} {scene.noun} on a plain {scene.background} background."
+    text = (
+        f"The image shows {NUMBER_WORDS[scene.count]} {scene.color} {scene.noun} on a plain {scene.background} "
+        f"background."
+    )
     if rng is not None and rng.random() < 0.7:
         words = rng.choices(FILLER, k=rng.randint(10, 80))
         text += " " + " ".join(words).capitalize() + "."

@@ -131,7 +131,10 @@ def test_bench_stage2_gpu_mode_path_at_tiny_shapes(tmp_path):
         cwd=tmp_path,
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    header = "engine | settings | pairs | wall s | pairs/s | prompt tok/pair | prefill tok/s | decode tok/s | prefill MFU | load s"
+    header = (
+        "engine | settings | pairs | wall s | pairs/s | prompt tok/pair | prefill tok/s | decode tok/s | prefill "
+        "MFU | load s"
+    )
     lines = run.stdout.splitlines()
     assert header in lines and lines[lines.index(header) + 2].startswith("hf | defaults | 3 | ")
     data = json.loads(result.read_text())

@@ -41,7 +41,10 @@ def test_small_bench_trains_through_adamllm_train_and_prints_sane_numbers(tmp_pa
         cwd=tmp_path,
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    header = "ZeRO | attention + levers | processes | batch | params | tokens/sample | padding | timed steps | s/step | tokens/s | MFU | peak memory/rank"
+    header = (
+        "ZeRO | attention + levers | processes | batch | params | tokens/sample | padding | timed steps | s/step "
+        "| tokens/s | MFU | peak memory/rank"
+    )
     lines = run.stdout.splitlines()
     assert header in lines, run.stdout
     row = lines[lines.index(header) + 2].split(" | ")
@@ -118,7 +121,8 @@ def test_stage1_path_needs_neither_vllm_nor_ray():
     """A GPU box with only torch, transformers, accelerate and DeepSpeed runs the benchmark."""
     code = (
         "import sys; sys.modules.update(vllm=None, ray=None); sys.path.insert(0, 'bench')\n"
-        "import bench_stage1, adamllm.cli, adamllm.stage1.train, adamllm.stage1.speed, adamllm.testing.tiny, adamllm.stage1.merge_seed\n"
+        "import bench_stage1, adamllm.cli, adamllm.stage1.train, adamllm.stage1.speed, adamllm.testing.tiny, "
+        "adamllm.stage1.merge_seed\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]

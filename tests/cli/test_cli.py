@@ -12,7 +12,10 @@ def adamllm(*args, cwd=None):
 
 
 def test_help_lists_commands_without_importing_torch():
-    code = "import sys; from adamllm.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules))"
+    code = (
+        "import sys; from adamllm.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', "
+        "'transformers', 'vllm') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     result = adamllm("--help")

@@ -43,12 +43,13 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path):
             pass
     message = str(error.value)
     assert message.startswith(
-        f"OUT/x.jsonl (the synthesize stage) is locked by another run: process {proc.pid} on {socket.gethostname()} has held it since "
+        f"OUT/x.jsonl (the synthesize stage) is locked by another run: process {proc.pid} on {socket.gethostname()} "
+        f"has held it since "
     )
     assert f"({sys.executable} -c " in message and f" {path} exclusive)" in message  # the holder's command line
     assert (
-        "Wait for that run to end, or stop it (a run that died holds no lock); to run both at once, give this one another output folder"
-        in message
+        "Wait for that run to end, or stop it (a run that died holds no lock); to run both at once, give this one "
+        "another output folder" in message
     )
     release(proc)
     assert not path.exists(), "an exclusive holder removes its lock file as it lets go"

@@ -61,7 +61,8 @@ def test_default_filter_prompt_golden_shape():
     text = prompts.filter_prompt("How many dogs?", "There are two dogs, so 2.", "2")
     assert text.startswith(prompts.FILTER_INSTRUCTION + "\n\n## Question: ")
     assert text.endswith(
-        "## Question: How many dogs?\n## Informative Answer: There are two dogs, so 2.\n## Precise Answer: 2\n## Consistent:"
+        "## Question: How many dogs?\n## Informative Answer: There are two dogs, so 2.\n## Precise Answer: 2\n## "
+        "Consistent:"
     )
     # One worked example of each verdict at least.
     for verdict in ("Yes", "No", "Open"):

@@ -107,7 +107,8 @@ def test_ctrl_c_during_format_leaves_output_and_summary_together(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == (
-        "adamllm format: interrupted; no output was half-written (each file is replaced whole, or left as it was); the same command starts again"
+        "adamllm format: interrupted; no output was half-written (each file is replaced whole, or left as it was); the "
+        "same command starts again"
     )
     after = format_files(run["out"])
     if after != before:  # the interrupt came in the commit: then every file is the new run's
@@ -146,7 +147,8 @@ def test_ctrl_c_during_synthesis_is_one_line_and_the_same_command_resumes(tiny_m
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == (
-        f"adamllm synthesize: interrupted; the records finished so far are saved in {out / 'shards'}/; the same command resumes from them"
+        f"adamllm synthesize: interrupted; the records finished so far are saved in {out / 'shards'}/; the same "
+        f"command resumes from them"
     )
     assert not (out / "syn_task_triplets.jsonl").exists() and shard.read_text().count("\n") < 12
     # What a kill -9 of the merge leaves: a dead pid of this host is removed at once, not after 60 s.

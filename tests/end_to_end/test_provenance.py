@@ -255,7 +255,8 @@ def test_filter_refuses_a_triplets_file_edited_since_synthesis(tiny_models, fini
     (out / TRIPLETS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(
         ValueError,
-        match=rf"syn_task_triplets.jsonl is not the file `adamllm synthesize` wrote \(it was edited or replaced since\), so {out / TRIPLETS} is stale "
+        match=rf"syn_task_triplets.jsonl is not the file `adamllm synthesize` wrote \(it was edited or replaced "
+        rf"since\), so {out / TRIPLETS} is stale "
         r".*Rerun `adamllm synthesize --overwrite`, then `adamllm filter --overwrite`",
     ):
         run_filter(

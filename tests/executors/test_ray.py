@@ -118,7 +118,8 @@ def wait_for_lines(path: Path, n: int, proc, timeout_s: float = 240):
             return
         time.sleep(0.05)
     raise AssertionError(
-        f"{path} never reached {n} lines (exit {proc.poll()}): {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}"
+        f"{path} never reached {n} lines (exit {proc.poll()}): "
+        f"{proc.stderr.read()[-2000:] if proc.poll() is not None else ''}"
     )
 
 

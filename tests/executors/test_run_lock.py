@@ -205,8 +205,8 @@ def test_a_damaged_shard_is_named_and_overwrite_repairs_it(tiny_models, pairs, r
     refused = run(command(tiny_models, pairs, out))
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert (
-        f"adamllm synthesize: error: {shard}: {problem}. Rerun with --overwrite to redo this shard's records, or delete {shard}"
-        in refused.stderr
+        f"adamllm synthesize: error: {shard}: {problem}. Rerun with --overwrite to redo this shard's records, or "
+        f"delete {shard}" in refused.stderr
     )
     assert "the stage's input must hold" not in refused.stderr
     repaired = run(command(tiny_models, pairs, out, "--overwrite"))

@@ -55,7 +55,8 @@ def test_merge_refuses_lost_or_duplicated_records(tmp_path):
     write_shard(tmp_path / "b", 2, 1, [1, 3])
     with pytest.raises(
         RuntimeError,
-        match=r"syn_id 1 is in two shards, .*stage\.000-of-002\.jsonl \(line 2\) and .*stage\.001-of-002\.jsonl \(line 1\); rerun the stage with --overwrite",
+        match=r"syn_id 1 is in two shards, .*stage\.000-of-002\.jsonl \(line 2\) and .*stage\.001-of-002\.jsonl \(line "
+        r"1\); rerun the stage with --overwrite",
     ):
         merge_shards(tmp_path / "b", "stage.jsonl", 2, tmp_path / "b" / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
@@ -95,7 +96,8 @@ def test_merge_checks_one_output_record_per_input_record(tmp_path):
         merge_shards(tmp_path, "stage.jsonl", 2, out, iter([0, 5, 100, 101]), "filter")
     with pytest.raises(
         RuntimeError,
-        match=r"\(5 records for 5 input records: 1 input records have none, syn_id 7; 1 records are of no input record, syn_id 9\)",
+        match=r"\(5 records for 5 input records: 1 input records have none, syn_id 7; 1 records are of no input "
+        r"record, syn_id 9\)",
     ):
         merge_shards(tmp_path, "stage.jsonl", 2, out, iter([0, 5, 7, 100, 101]), "filter")
     assert not out.exists()
@@ -140,7 +142,8 @@ def test_check_shards_refuses_what_cannot_resume_and_overwrite_redoes_only_that_
     bad = write_shard(tmp_path, 2, 1, [1, 2])  # syn_id 2 is shard 0's
     with pytest.raises(
         ValueError,
-        match=rf"^{bad}: syn_id 2 belongs to shard 0\. Rerun with --overwrite to redo this shard's records, or delete {bad}$",
+        match=rf"^{bad}: syn_id 2 belongs to shard 0\. Rerun with --overwrite to redo this shard's records, or delete "
+        rf"{bad}$",
     ):
         check_shards(tmp_path, "stage.jsonl", shards, iter(range(4)))
     check_shards(tmp_path, "stage.jsonl", shards, iter(range(4)), overwrite=True)
@@ -216,7 +219,8 @@ def test_fingerprint_refuses_to_mix_runs(tmp_path):
     check_fingerprint(tmp_path, "stage.jsonl", 2, input_fingerprint(data, model="m", limit=0))  # same run: resumes
     with pytest.raises(
         ValueError,
-        match=r"holds 1 stage records .*changed: limit.*--overwrite or delete .*shards/stage\.\* ; or use a new --output_dir",
+        match=r"holds 1 stage records .*changed: limit.*--overwrite or delete .*shards/stage\.\* ; or use a new "
+        r"--output_dir",
     ):
         check_fingerprint(tmp_path, "stage.jsonl", 2, input_fingerprint(data, model="m", limit=5))
     data.write_text('{"a": 2}\n' * 10)  # same size, other content

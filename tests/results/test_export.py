@@ -194,7 +194,10 @@ def test_export_refuses_bad_input_before_any_work(tmp_path, capsys, case):
         final = read_json(run["final"])
         final[3]["messages"][1]["content"] = final[3]["messages"][1]["content"].upper()  # same size, same count
         run["final"].write_text(json.dumps(final))
-        message = f"image_caption_and_synthetic_task.json is not the file `adamllm format` wrote (it was edited or replaced since), so {run['final']} is stale"
+        message = (
+            f"image_caption_and_synthetic_task.json is not the file `adamllm format` wrote (it was edited or "
+            f"replaced since), so {run['final']} is stale"
+        )
     elif case == "no image folder":
         stats = read_json(run["out"] / "stats.json")
         stats["format"]["args"]["image_folder"] = str(tmp_path / "gone")
@@ -210,7 +213,10 @@ def test_export_refuses_bad_input_before_any_work(tmp_path, capsys, case):
         stats = read_json(run["out"] / "stats.json")
         stats["format"]["args"]["image_folder"] = str(other)
         (run["out"] / "stats.json").write_text(json.dumps(stats))
-        message = f"but {run['out'] / 'shards' / 'syn_task_triplets.input-of-001.json'} records that synthesis read them from {run['images'].resolve()}"
+        message = (
+            f"but {run['out'] / 'shards' / 'syn_task_triplets.input-of-001.json'} records that synthesis read "
+            f"them from {run['images'].resolve()}"
+        )
     elif case == "root image folder":
         extra = ["--image_folder", "/"]
         message = "image folder / (--image_folder) is a filesystem root"

@@ -26,7 +26,10 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-EVIL = '<script>document.title="pwned";document.body.dataset.pwned="1"</script><img src=x onerror="document.title=\'pwned\'">'
+EVIL = (
+    '<script>document.title="pwned";document.body.dataset.pwned="1"</script><img src=x '
+    "onerror=\"document.title='pwned'\">"
+)
 U = "<|start_header_id|>user<|end_header_id|>\n\n"
 A = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
 E = "<|eot_id|>"
@@ -61,7 +64,10 @@ def run_dir(tmp_path):
     verdicts = ["yes", "no", "open", "yes", None, None]
     for i, verdict in enumerate(verdicts):
         Image.new("RGB", (64, 48), (40 * i, 120, 200 - 30 * i)).save(images / f"im{i}.png")
-        pred = f"Answer with a precise response.\nQ{i}?{A}P{i}{E}{U}Answer with an informative response.\nQ{i}?{A}Long {i}.{E}"
+        pred = (
+            f"Answer with a precise response.\nQ{i}?{A}P{i}{E}{U}Answer with an informative "
+            f"response.\nQ{i}?{A}Long {i}.{E}"
+        )
         row = {
             "images": [f"im{i}.png"],
             "messages": [
@@ -706,8 +712,8 @@ def test_report_with_a_new_reason_on_every_record_stays_bounded(big_run):
     html = write_report(big_run, cards_per_group=3).read_text()
     assert len(card_ids(html)) == MAX_GROUPS + 3  # a card for each of the first groups; the others share one sample
     assert (
-        f"<tr><td>{3000 - MAX_GROUPS} more groups</td><td>(they share one sample)</td><td>{3000 - MAX_GROUPS}</td><td>3</td></tr>"
-        in html
+        f"<tr><td>{3000 - MAX_GROUPS} more groups</td><td>(they share one "
+        f"sample)</td><td>{3000 - MAX_GROUPS}</td><td>3</td></tr>" in html
     )
     assert html.count("<option ") <= 2 * (MAX_GROUPS + 1) and len(html.encode()) < 400_000
     assert "<form" not in html
