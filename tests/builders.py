@@ -79,6 +79,16 @@ SAME = [
     "What is shown in the image ?",
 ]
 
+# Near-duplicate questions: which pairs share enough words at --near_threshold 0.8.
+NEAR = [
+    "What is the main subject of this image?",  # a group: 7 of 8 words shared
+    "what is the main subject of the image",
+    "What is the main subject in this picture?",  # 6 of 10 words with the first: another group
+    "Is the dog bigger than the cat?",
+    "Is the cat bigger than the dog?",  # the same words in another order
+    "How many plates are on the table?",
+]
+
 
 U = "<|start_header_id|>user<|end_header_id|>\n\n"
 

@@ -14,7 +14,8 @@ import heapq
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from adamllm.stage2.curate import LOW_YES_PROB, normalise_question
+from adamllm.stage2.curate import LOW_YES_PROB
+from adamllm.stage2.dedup import normalise_question
 
 TRIPLET_KEYS = ("Q", "precise_A", "informative_A")
 YES_PROB_BINS = 20

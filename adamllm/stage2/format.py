@@ -60,12 +60,13 @@ from adamllm.stage2.curate import (
     DUPLICATE_QUESTION,
     LOW_YES_PROB,
     NO_YES_PROB,
-    NUM_PERM,
     CurationArgs,
-    Deduper,
-    lacks_logprob_verdicts,
+    check_curation_input,
+    curation_summary,
+    log_curation,
     yes_prob,
 )
+from adamllm.stage2.dedup import Deduper
 
 log = logging.getLogger(__name__)
 
@@ -235,29 +236,6 @@ def examine(record, index: int, args: FormatArgs, seen: set[int]) -> Examined:
     return found
 
 
-def log_curation(
-    curation: Rejects,
-    index: int,
-    syn_id: int,
-    reason: str,
-    detail: str,
-    question: str,
-    yes_prob: float | None,
-    duplicate_of: int | None,
-) -> None:
-    """A line of OUTPUT's .curation.jsonl: a record whose synthetic task curation removed (the record
-    itself is in the output, with its caption task), written as it comes, in input order."""
-    curation.add(
-        reason,
-        detail,
-        index=index,
-        syn_id=syn_id,
-        Q=question,
-        yes_prob=None if yes_prob is None else round(yes_prob, 6),
-        duplicate_of=duplicate_of,
-    )
-
-
 def build_record(
     record: dict,
     index: int,
@@ -314,17 +292,6 @@ def build_record(
     return sharegpt_record(messages, image)
 
 
-def check_curation_input(args: FormatArgs) -> None:
-    """Input-level checks of the curation flags, before anything is written (ValueError)."""
-    if args.min_yes_prob > 0 and lacks_logprob_verdicts(iter_json_records(args.data_path)):
-        raise ValueError(
-            f"--min_yes_prob {args.min_yes_prob}: {args.data_path} holds verdicts but no logprob verdicts (no record "
-            f"has {LOGPROBS}); "
-            "filter with `adamllm filter --mode logprob` (or `adamllm run --mode logprob`) first, or leave out "
-            "--min_yes_prob"
-        )
-
-
 def scan_questions(args: FormatArgs) -> Deduper:
     """Pass 1 of --dedup: every kept task's question, then the seeded choice of which keep their task."""
     deduper = Deduper(args.dedup, args.max_per_question, args.seed, args.near_threshold, args.near_ngram)
@@ -342,31 +309,6 @@ def scan_questions(args: FormatArgs) -> Deduper:
         deduper.close()
         raise
     return deduper
-
-
-def curation_summary(args: FormatArgs, deduper: Deduper | None, summary: FormatSummary, curation: Rejects) -> dict:
-    out: dict = {}
-    if deduper is not None:
-        out.update(dedup=args.dedup, max_per_question=args.max_per_question, seed=args.seed)
-        if args.dedup == "near":
-            out.update(near_threshold=args.near_threshold, near_ngram=args.near_ngram, num_perm=NUM_PERM)
-        out.update(
-            questions_seen=deduper.seen,
-            questions_distinct=deduper.distinct,
-            dropped_duplicate=curation.counts[DUPLICATE_QUESTION],
-        )
-    if args.min_yes_prob > 0:
-        dropped = curation.counts[LOW_YES_PROB]
-        missing = curation.counts[NO_YES_PROB]
-        out.update(
-            min_yes_prob=args.min_yes_prob,
-            yes_prob_checked=summary.synthetic_tasks + curation.counts[DUPLICATE_QUESTION] + dropped,
-            dropped_low_yes_prob=dropped,
-            no_yes_prob=missing,
-        )
-    if out:
-        out["file"] = str(run_folder.curation_path(args.output)) if sum(curation.counts.values()) else ""
-    return out
 
 
 def run_format(args: FormatArgs) -> FormatSummary:
@@ -413,7 +355,7 @@ def _format(args: FormatArgs) -> FormatSummary:
     read_dataset_info(files[2])  # a damaged one is named before any work
     source = file_record(args.data_path, file_sha256(args.data_path))
     check_made_from(args.data_path, source["sha256"], "format")
-    check_curation_input(args)
+    check_curation_input(args, args.data_path)
     deduper = scan_questions(args) if args.dedup != "none" else None
     curating = deduper is not None or args.min_yes_prob > 0
     summary = FormatSummary(output=str(output))
@@ -444,7 +386,7 @@ def _format(args: FormatArgs) -> FormatSummary:
                 deduper.close()
         summary.rejected = dict(rejects.counts)
         summary.rejects_file = str(files[3]) if rejects.total else ""
-        summary.curation = curation_summary(args, deduper, summary, curation)
+        summary.curation = curation_summary(args, args.seed, args.output, deduper, summary.synthetic_tasks, curation)
         summary.provenance = {"input": source, "output": file_record(tmp_output, digest.hexdigest(), output)}
         update_dataset_info(out_dir, stem, dataset_info_entry(output.name, args.style), into=tmp_info)
         write_json(tmp_summary, asdict(summary))

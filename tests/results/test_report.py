@@ -492,7 +492,7 @@ def curated_run(tmp_path):
 
 
 def test_report_shows_top_questions_and_what_curation_did(curated_run):
-    from adamllm.stage2.curate import normalise_question
+    from adamllm.stage2.dedup import normalise_question
 
     html = write_report(curated_run["out"]).read_text()
     curation = read_json(curated_run["out"] / "stats.json")["format"]["curation"]

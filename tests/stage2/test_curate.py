@@ -4,11 +4,12 @@ verdict confidence (`--min_yes_prob`). Run folders are written by hand; no model
 import math
 
 import pytest
-from builders import SAME, logprobs_for, make_run, write_rows
+from builders import NEAR, SAME, logprobs_for, make_run, write_rows
 from conftest import read_json, read_jsonl
 
-from adamllm.stage2 import curate
-from adamllm.stage2.curate import Deduper, RankOrder, normalise_question, shingles, yes_prob
+from adamllm.stage2 import dedup
+from adamllm.stage2.curate import yes_prob
+from adamllm.stage2.dedup import RankOrder, normalise_question
 from adamllm.stage2.format import FormatArgs, run_format
 
 FINAL = "image_caption_and_synthetic_task.json"
@@ -34,18 +35,6 @@ def curation_rows(run):
 
 
 # --- the pieces -----------------------------------------------------------------------------------
-def test_normalise_question_ignores_case_whitespace_and_punctuation():
-    assert {normalise_question(q) for q in SAME} == {"what is shown in the image"}
-    assert normalise_question("Is it a close-up?") == "is it a close up"
-    assert normalise_question("What colour is it?") != normalise_question("What color is it?")  # exact is exact
-
-
-def test_shingles_are_words_or_word_ngrams():
-    assert shingles("is the dog bigger than the cat") == shingles("is the cat bigger than the dog")  # a set of words
-    assert shingles("is the dog bigger than the cat", 2) != shingles("is the cat bigger than the dog", 2)
-    assert shingles("hi", 3) == frozenset(["hi"])
-
-
 def test_yes_prob_is_the_softmax_of_the_recorded_logprobs():
     assert yes_prob(logprobs_for(0.9)) == pytest.approx(0.9)
     assert yes_prob({"yes": math.log(0.3), "no": math.log(0.1)}) == pytest.approx(0.75)  # Open not in the top-20: 0
@@ -57,53 +46,6 @@ def test_yes_prob_is_the_softmax_of_the_recorded_logprobs():
         assert yes_prob(bad) is None, bad
 
 
-def test_rank_order_spills_sorted_runs_to_disk_and_merges_them():
-    order = RankOrder(chunk=3)
-    items = [(r * 7919 % 101, r, f"q{r}") for r in range(10)]
-    for item in items:
-        order.add(*item)
-    assert len(order.runs) == 3 and len(order.buffer) == 1  # 10 items, 3 at a time in memory
-    tmp = order._tmp.name
-    assert list(order) == sorted(items)
-    order.close()
-    import os
-
-    assert not os.path.exists(tmp)
-
-
-def test_deduper_keeps_the_lowest_ranks_of_each_question():
-    d = Deduper("exact", max_per_question=2, seed=5)
-    for syn_id in range(10):
-        d.add(syn_id, SAME[syn_id % 4] if syn_id < 8 else f"Other question {syn_id}?")
-    d.finish()
-    ranked = sorted(range(8), key=lambda s: curate.dedup_rank(5, s))
-    assert d.kept == set(ranked[:2]) | {8, 9}
-    assert (d.seen, d.distinct) == (10, 3)
-    for syn_id in ranked[2:]:
-        assert d.decide(syn_id, SAME[syn_id % 4]) == ranked[0]  # the group's lowest rank
-    assert d.decide(ranked[1], SAME[0]) is None
-
-
-def test_near_deduper_keeps_dropped_groups_on_disk_between_the_passes():
-    import os
-
-    d = Deduper("near", max_per_question=1, seed=3)
-    questions = {0: NEAR[0], 1: NEAR[1], 2: NEAR[2], 3: NEAR[0]}
-    for syn_id, q in questions.items():
-        d.add(syn_id, q)
-    d.finish()
-    assert d.lsh is None and d.reps == {}  # pass 2 needs neither
-    rep = min((0, 1, 3), key=lambda s: curate.dedup_rank(3, s))
-    assert d.kept == {rep, 2} and d.distinct == 2
-    assert [d.decide(s, questions[s]) for s in (0, 1, 2, 3)] == [None if s == rep else rep for s in (0, 1)] + [None] + [
-        None if rep == 3 else rep
-    ]
-    folder = d._tmp.name
-    d.close()
-    assert not os.path.exists(folder)
-
-
-# --- --dedup exact ----------------------------------------------------------------------------------
 def test_exact_dedup_keeps_max_per_question_and_counts_the_rest(tmp_path):
     questions = (
         [SAME[i % 4] for i in range(9)]
@@ -162,13 +104,13 @@ def test_dedup_spilling_to_disk_gives_the_same_output(tmp_path, monkeypatch):
     spills = []
     real_spill = RankOrder._spill
     monkeypatch.setattr(RankOrder, "_spill", lambda self: spills.append(len(self.buffer)) or real_spill(self))
-    monkeypatch.setattr(curate, "SORT_CHUNK", 4)  # 40 candidates in 10 sorted runs on disk
+    monkeypatch.setattr(dedup, "SORT_CHUNK", 4)  # 40 candidates in 10 sorted runs on disk
     fmt(run, dedup="near")
     assert spills == [4] * 10
     assert run["final"].read_bytes() == in_memory
     fmt(run, dedup="exact")
     exact_spilled = run["final"].read_bytes()
-    monkeypatch.setattr(curate, "SORT_CHUNK", 200_000)
+    monkeypatch.setattr(dedup, "SORT_CHUNK", 200_000)
     fmt(run, dedup="exact")
     assert run["final"].read_bytes() == exact_spilled
 
@@ -187,16 +129,6 @@ def test_curation_that_removes_nothing_changes_no_byte_of_the_output(tmp_path):
 
 
 # --- --dedup near ---------------------------------------------------------------------------------
-NEAR = [
-    "What is the main subject of this image?",  # a group: 7 of 8 words shared
-    "what is the main subject of the image",
-    "What is the main subject in this picture?",  # 6 of 10 words with the first: another group
-    "Is the dog bigger than the cat?",
-    "Is the cat bigger than the dog?",  # the same words in another order
-    "How many plates are on the table?",
-]
-
-
 def test_near_dedup_groups_questions_by_word_jaccard(tmp_path):
     run = make_run(tmp_path, NEAR)
     summary, out = fmt(run, dedup="near")
@@ -224,7 +156,7 @@ def test_near_dedup_representative_is_the_lowest_rank_of_its_group(tmp_path):
     ] * 4
     run = make_run(tmp_path, questions)
     _, out = fmt(run, dedup="near", max_per_question=3, seed=7)
-    ranked = sorted(range(12), key=lambda s: curate.dedup_rank(7, s))
+    ranked = sorted(range(12), key=lambda s: dedup.dedup_rank(7, s))
     assert {i for i, r in enumerate(out) if has_task(r)} == set(ranked[:3])
     assert {row["duplicate_of"] for row in curation_rows(run)} == {ranked[0]}
 
@@ -257,7 +189,7 @@ def test_confidence_is_checked_before_duplicates_are_chosen(tmp_path):
     questions = ["What is shown?"] * 8
     p = [0.5] * 8
     run = make_run(tmp_path, questions, p_yes=p)
-    best = min(range(8), key=lambda s: curate.dedup_rank(42, s))  # the record dedup alone would keep
+    best = min(range(8), key=lambda s: dedup.dedup_rank(42, s))  # the record dedup alone would keep
     rows = read_rows(run)
     for i, row in enumerate(rows):
         row["consistency_logprobs"] = logprobs_for(0.6 if i == best else 0.95)
