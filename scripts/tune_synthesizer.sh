@@ -11,6 +11,7 @@
 #
 # Environment overrides (defaults: the paper's setup on 8 GPUs):
 #   BASE_MODEL=llava-hf/llama3-llava-next-8b-hf   SAVE_PATH=./exp/synthesizer   ZERO=scripts/zero3.json
+#   (a newer backbone: BASE_MODEL=Qwen/Qwen2.5-VL-7B-Instruct or Qwen/Qwen3-VL-8B-Instruct; same recipe)
 #   (the paper's base: BASE_MODEL=$(adamllm convert-llava Lin-Chen/open-llava-next-llama3-8b exp/open-llava-next-hf))
 #   CUDA_VISIBLE_DEVICES / NUM_GPUS (processes; on a machine without GPUs NUM_GPUS CPU processes, default 2)
 #   BATCH_SIZE=4 per device; GRAD_ACCUM so that NUM_GPUS x BATCH_SIZE x GRAD_ACCUM = GLOBAL_BATCH=128

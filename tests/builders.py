@@ -99,12 +99,39 @@ A = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
 E = "<|eot_id|>"
 
 
-def handwritten(tmp_path):
+def caption_pairs_of(records: list[dict], path: Path) -> Path:
+    """Stage 2's input made of merged seed records: each one's image and caption, in the round the
+    synthesizer was trained on. Written to `path`."""
+    pairs = [
+        {
+            "images": [r["image"]],
+            "messages": [
+                {"role": "user", "content": "<image>\nDescribe the image."},
+                {"role": "assistant", "content": r["conversations"][1]["value"]},
+            ],
+        }
+        for r in records
+    ]
+    path.write_text(json.dumps(pairs))
+    return path
+
+
+def trained_pairs(records: list[dict]) -> list[list[tuple[str, str]]]:
+    """The (question, answer) pairs each merged seed record trains after its caption round."""
+    return [list(zip(t[::2], t[1::2])) for t in ([x["value"] for x in r["conversations"][2:]] for r in records)]
+
+
+def handwritten(tmp_path, marks=None):
+    """Four synthesize records: two with a triplet, one without, one rejected. `marks` (a
+    TurnMarks) writes the preds in another family's turn format than Llama-3's."""
+    u, a, e = (
+        (U, A, E) if marks is None else (marks.user_header, marks.turn_end + marks.assistant_header, marks.turn_end)
+    )
     preds = [
-        f"{prompts.PRECISE_HINT}\nHow many?{A}3{E}{U}{prompts.INFORMATIVE_HINT}\nHow many?{A}I count three, so 3.{E}",
-        f"{prompts.INFORMATIVE_HINT}\nWhat dish?{A}It is ramen.{E}{U}{prompts.PRECISE_HINT}\nWhat "
-        f"dish?{A}Ramen{E}{U}{prompts.PRECISE_HINT}\nHot?{A}Ye",
-        f"{prompts.PRECISE_HINT}\nOnly precise?{A}Yes{E}",
+        f"{prompts.PRECISE_HINT}\nHow many?{a}3{e}{u}{prompts.INFORMATIVE_HINT}\nHow many?{a}I count three, so 3.{e}",
+        f"{prompts.INFORMATIVE_HINT}\nWhat dish?{a}It is ramen.{e}{u}{prompts.PRECISE_HINT}\nWhat "
+        f"dish?{a}Ramen{e}{u}{prompts.PRECISE_HINT}\nHot?{a}Ye",
+        f"{prompts.PRECISE_HINT}\nOnly precise?{a}Yes{e}",
         None,
     ]
     records = [

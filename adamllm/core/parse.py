@@ -9,6 +9,21 @@ from adamllm.core.prompts import ASSISTANT, EOS, EOT, INFORMATIVE_HINT, PRECISE_
 
 
 @dataclass(frozen=True)
+class TurnMarks:
+    """How a family's conversation marks its turns: the text that closes every turn, the headers that
+    open a user and an assistant turn, and the end-of-text the synthesizer writes after its last turn."""
+
+    turn_end: str
+    user_header: str
+    assistant_header: str
+    end_of_text: str
+
+
+# The Llama-3 LLaVA conversation of adamllm.core.prompts (the released synthesizer's).
+LLAMA3_MARKS = TurnMarks(EOT, header(USER), header(ASSISTANT), EOS)
+
+
+@dataclass(frozen=True)
 class Triplet:
     """One synthetic task: a question with its precise and informative answers."""
 
@@ -20,28 +35,29 @@ class Triplet:
         return asdict(self)
 
 
-def parse_pairs(pred: str) -> list[tuple[str, str]]:
+def parse_pairs(pred: str, marks: TurnMarks = LLAMA3_MARKS) -> list[tuple[str, str]]:
     """Split the synthesizer's continuation of the open user turn into (question, answer) pairs.
 
-    The output reads `question EOT H(assistant) answer EOT H(user) question ...`. A last piece without
-    a closing EOT was cut off by the token limit and is dropped, as is any piece that does not split
-    into exactly one non-empty question and one non-empty answer.
+    The output reads `question END H(assistant) answer END H(user) question ...` (END closes a turn,
+    H opens one). A last piece without a closing END was cut off by the token limit and is dropped,
+    as is any piece that does not split into exactly one non-empty question and one non-empty answer.
     """
+    end = marks.turn_end.rstrip()  # ChatML closes a turn with "<|im_end|>\n"; the output is right-stripped
     pred = pred.rstrip()
-    if pred.endswith(EOS):  # an engine that keeps the stop token's text
-        pred = pred[: -len(EOS)].rstrip()
-    pieces = pred.split(header(USER))
-    if not pred.endswith(EOT):
+    if pred.endswith(marks.end_of_text):  # an engine that keeps the stop token's text
+        pred = pred[: -len(marks.end_of_text)].rstrip()
+    pieces = pred.split(marks.turn_end + marks.user_header)
+    if not pred.endswith(end):
         pieces = pieces[:-1]
     pairs = []
     for piece in pieces:
-        parts = piece.split(EOT + header(ASSISTANT))
+        parts = piece.split(marks.turn_end + marks.assistant_header)
         if len(parts) != 2:
             continue
         question = parts[0].strip()
         answer = parts[1].strip()
-        if answer.endswith(EOT):
-            answer = answer[: -len(EOT)].strip()
+        if answer.endswith(end):
+            answer = answer[: -len(end)].strip()
         if question and answer:
             pairs.append((question, answer))
     return pairs

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from adamllm.models.backbones import ProcessorOptions
+
 ENGINES = ("vllm", "hf")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 SWITCH = ("auto", "on", "off")
@@ -158,16 +160,17 @@ class Engine(Protocol):
     def generate(self, requests: list[Request], params: GenParams) -> list[Generation]: ...
 
 
-def build_engine(args: EngineArgs, multimodal: bool) -> Engine:
-    """The engine `args.engine` names, loaded from `args.model`."""
+def build_engine(args: EngineArgs, multimodal: bool, options: ProcessorOptions = ProcessorOptions()) -> Engine:
+    """The engine `args.engine` names, loaded from `args.model`; `options` set a multimodal model's
+    image processor (both engines then expand an image into the same tokens)."""
     if args.engine == "vllm":
         from adamllm.engines.vllm_engine import VllmEngine
 
-        return VllmEngine(args, multimodal=multimodal)
+        return VllmEngine(args, multimodal=multimodal, options=options)
     if args.engine == "hf":
         from adamllm.engines.hf_engine import HfEngine
 
-        return HfEngine(args, multimodal=multimodal)
+        return HfEngine(args, multimodal=multimodal, options=options)
     raise ValueError(f"--engine {args.engine}: choose one of {', '.join(ENGINES)}")
 
 

@@ -4,10 +4,11 @@ cross-check of the vLLM backend."""
 from __future__ import annotations
 
 from adamllm.engines import EngineArgs, Generation, GenParams, Request
+from adamllm.models.backbones import ProcessorOptions
 
 
 class HfEngine:
-    def __init__(self, args: EngineArgs, multimodal: bool):
+    def __init__(self, args: EngineArgs, multimodal: bool, options: ProcessorOptions = ProcessorOptions()):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -18,7 +19,7 @@ class HfEngine:
         if dtype == "auto":
             dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         if multimodal:
-            self.model, self.processor = load_synthesizer(args.model, dtype)
+            self.model, self.processor = load_synthesizer(args.model, dtype, options)
             self.tokenizer = self.processor.tokenizer
         else:
             self.tokenizer = AutoTokenizer.from_pretrained(args.model)

@@ -10,6 +10,7 @@ import logging
 import os
 
 from adamllm.engines import EngineArgs, Generation, GenParams, Request, cuda_available
+from adamllm.models.backbones import ProcessorOptions
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ CPU_DEFAULTS = {
 }
 
 
-def llm_kwargs(args: EngineArgs, multimodal: bool, cpu: bool) -> dict:
+def llm_kwargs(args: EngineArgs, multimodal: bool, cpu: bool, options: ProcessorOptions = ProcessorOptions()) -> dict:
     """vLLM's `LLM(...)` arguments: the release's (vLLM's defaults) unless a flag says otherwise."""
     dtype = args.dtype
     if cpu and dtype == "auto":
@@ -43,19 +44,21 @@ def llm_kwargs(args: EngineArgs, multimodal: bool, cpu: bool) -> dict:
         "max_num_batched_tokens": args.max_num_batched_tokens or None,
         "mm_processor_cache_gb": args.mm_processor_cache_gb if args.mm_processor_cache_gb >= 0 and multimodal else None,
         "quantization": args.quantization or None,
+        # The image processor's pixel bounds, as the stage's own processor has them (Qwen-VL).
+        "mm_processor_kwargs": options.given() or None,
     }
     return {**kwargs, **{k: v for k, v in optional.items() if v is not None}}
 
 
 class VllmEngine:
-    def __init__(self, args: EngineArgs, multimodal: bool):
+    def __init__(self, args: EngineArgs, multimodal: bool, options: ProcessorOptions = ProcessorOptions()):
         cpu = not cuda_available()
         if cpu:
             for key, value in CPU_DEFAULTS.items():
                 os.environ.setdefault(key, value)
         from vllm import LLM
 
-        self.llm = LLM(**llm_kwargs(args, multimodal, cpu))
+        self.llm = LLM(**llm_kwargs(args, multimodal, cpu, options))
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, requests: list[Request], params: GenParams) -> list[Generation]:
@@ -65,6 +68,10 @@ class VllmEngine:
             temperature=0.0,
             max_tokens=params.max_tokens,
             stop_token_ids=params.stop_token_ids,
+            # Only those: vLLM also stops at the tokenizer's eos_token, which chat-tuned bases set to
+            # their turn end (<|im_end|> in Qwen's Instruct models, <|eot_id|> in llava-hf's), and the
+            # synthesizer writes several turns. The hf engine stops at the same ids.
+            ignore_eos=True,
             skip_special_tokens=False,
             spaces_between_special_tokens=False,
             # We decode the final ids ourselves (one call per output): vLLM's incremental text holds

@@ -230,7 +230,7 @@ def _expected_keys(hf_config) -> set[str]:
     import torch
     from transformers import LlavaNextForConditionalGeneration
 
-    from adamllm.models.model_io import hub_key
+    from adamllm.models.backbones.llava_next import hub_key
 
     with torch.device("meta"):
         model = LlavaNextForConditionalGeneration(hf_config)

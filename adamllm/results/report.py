@@ -30,10 +30,10 @@ from typing import Any
 
 from adamllm.core.images import load_image
 from adamllm.core.jsonfiles import read_json_file, read_run_records
-from adamllm.core.parse import parse_pairs
 from adamllm.core.records import COLLECTED_QA, CONSISTENCY, ERROR, LOGPROBS, PRED, SYN_ID, RecordError
 from adamllm.core.run_folder import FILTERED_FILE, FINAL_FILE, REPORT_FILE, STATS_FILE, curation_path, rejects_path
 from adamllm.core.stats import check_run_folder, run_image_folder
+from adamllm.models.backbones import split_pairs
 from adamllm.results.report_html import render
 from adamllm.results.report_summary import CARDS_PER_GROUP, TRIPLET_KEYS, Card, Sample, Summary
 from adamllm.stage2.curate import yes_prob
@@ -182,7 +182,7 @@ def load_cards(out_dir: Path, sample: Sample) -> Summary:
         summary.add(card)
         pred = record.get(PRED) if isinstance(record, dict) else None
         if sample.offer(index, card) and isinstance(pred, str):
-            card.pairs = parse_pairs(pred)
+            card.pairs = split_pairs(pred)
     return summary
 
 

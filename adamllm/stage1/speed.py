@@ -30,6 +30,7 @@ import torch
 import transformers
 
 from adamllm.core.jsonfiles import write_json
+from adamllm.models.backbones import BACKBONES, DEFAULT_FAMILY, Backbone
 from adamllm.stage1.train_data import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -100,15 +101,30 @@ def flash_attention_unavailable(dtype: torch.dtype) -> str:
     return ""
 
 
-def choose_levers(attn_implementation: str, padding_free: bool, use_liger_kernel: bool, dtype: torch.dtype) -> Levers:
+def choose_levers(
+    attn_implementation: str,
+    padding_free: bool,
+    use_liger_kernel: bool,
+    dtype: torch.dtype,
+    backbone: Backbone = BACKBONES[DEFAULT_FAMILY],
+) -> Levers:
     """The levers that can run here, as requested or with a warning naming why not."""
     levers = Levers(attn_implementation, padding_free, use_liger_kernel)
+    if padding_free and not backbone.packs:
+        levers.padding_free = False
+        _fall_back(levers, f"--padding_free is off: {backbone.title} computes its positions from unpacked sequences")
+    if use_liger_kernel and not backbone.liger:
+        levers.liger = False
+        _fall_back(
+            levers, f"--use_liger_kernel is off, training goes on without it: not patched for {backbone.title} here"
+        )
+        use_liger_kernel = False
     if attn_implementation == "flash_attention_2":
         why = flash_attention_unavailable(dtype)
         if why:
             levers.attn_implementation = "sdpa"
             _fall_back(levers, f"--attn_implementation flash_attention_2 falls back to sdpa: {why}")
-    if padding_free and levers.attn_implementation not in PACKING_ATTENTION:
+    if levers.padding_free and levers.attn_implementation not in PACKING_ATTENTION:
         levers.padding_free = False
         _fall_back(
             levers,

@@ -1,4 +1,5 @@
-"""Stage 1b: multitask fine-tuning of the synthesizer (a LLaVA-NeXT with a Llama-3 text model).
+"""Stage 1b: multitask fine-tuning of the synthesizer (the paper's: a LLaVA-NeXT with a Llama-3 text
+model; any family of adamllm.models.backbones, e.g. Qwen/Qwen2.5-VL-7B-Instruct).
 
     torchrun --nproc_per_node 8 -m adamllm train --deepspeed scripts/zero3.json \
         --model_name_or_path llava-hf/llama3-llava-next-8b-hf \
@@ -8,7 +9,7 @@
 
 scripts/tune_synthesizer.sh runs this with the paper's hyperparameters. Every `TrainingArguments` flag
 works. The seed files are merged first (`adamllm merge-seed`, into OUTPUT_DIR/seed_train.json), or
-`--data_path` names a file merge-seed wrote. The vision tower trains at its own learning rate
+`--data_path` names a file merge-seed wrote. The vision encoder trains at its own learning rate
 (`--mm_vision_tower_lr`, 2e-6) through an optimizer parameter group, which survives ZeRO-3 because
 the DeepSpeed config leaves the optimizer to the Trainer. A rerun resumes from the last checkpoint.
 
@@ -33,6 +34,7 @@ import transformers
 
 from adamllm.core import run_folder
 from adamllm.core.jsonfiles import read_json_file, write_json
+from adamllm.models.backbones import BACKBONES, DEFAULT_FAMILY, Backbone, ProcessorOptions
 
 log = logging.getLogger(__name__)
 # torch's deprecation of two collectives that DeepSpeed ZeRO-3 calls on every step: noise in the log
@@ -49,20 +51,38 @@ logging.getLogger("accelerate.accelerator").addFilter(
     lambda record: "GradientAccumulationPlugin has 1, DeepSpeed config has" not in record.getMessage()
 )
 
-DEFAULT_BASE = "llava-hf/llama3-llava-next-8b-hf"
-VISION_TOWER = "vision_tower"
+DEFAULT_BASE = BACKBONES[DEFAULT_FAMILY].default_base
 
 
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
-        default=DEFAULT_BASE, metadata={"help": "Base LLaVA-NeXT (Llama-3) to fine-tune: hub id or folder."}
+        default=DEFAULT_BASE,
+        metadata={
+            "help": "Base MLLM to fine-tune: hub id or folder of a LLaVA-NeXT (the paper's), Qwen2-VL / Qwen2.5-VL "
+            "or Qwen3-VL (an Instruct model: its chat template is the conversation's format)."
+        },
     )
     unfreeze_mm_vision_tower: bool = field(
-        default=True, metadata={"help": "Train the vision tower too (the paper does), at --mm_vision_tower_lr."}
+        default=True,
+        metadata={"help": "Train the vision encoder too (the paper does), at --mm_vision_tower_lr."},
     )
     mm_vision_tower_lr: float = field(
-        default=2e-6, metadata={"help": "Learning rate of the vision tower; the rest trains at --learning_rate."}
+        default=2e-6,
+        metadata={
+            "help": "Learning rate of the vision encoder (LLaVA's vision_tower, Qwen's visual blocks); the rest, "
+            "projector included, trains at --learning_rate."
+        },
+    )
+    min_pixels: int = field(
+        default=0, metadata={"help": "Qwen-VL bases: fewest pixels an image is resized to (0: the processor's own)."}
+    )
+    max_pixels: int = field(
+        default=0,
+        metadata={
+            "help": "Qwen-VL bases: most pixels an image is resized to (0: the processor's own). Saved with the "
+            "synthesizer's processor, so stage 2 uses the same by default."
+        },
     )
     attn_implementation: str = field(
         default="sdpa",
@@ -155,13 +175,16 @@ def _first_char(path: str) -> str:
 
 
 class SynthesizerTrainer(transformers.Trainer):
-    """The Trainer with two changes: the vision tower's own learning rate, and length grouping that
+    """The Trainer with two changes: the vision encoder's own learning rate, and length grouping that
     reads the lengths the dataset computed instead of drawing (and decoding) every sample."""
 
-    def __init__(self, *args, vision_lr: float, step_timer=None, **kwargs):
+    def __init__(
+        self, *args, vision_lr: float, step_timer=None, backbone: Backbone = BACKBONES[DEFAULT_FAMILY], **kwargs
+    ):
         super().__init__(*args, callbacks=[step_timer] if step_timer else None, **kwargs)
         self.vision_lr = vision_lr
         self.step_timer = step_timer
+        self.backbone = backbone
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.step_timer is not None:
@@ -175,7 +198,7 @@ class SynthesizerTrainer(transformers.Trainer):
             groups: dict[tuple[bool, bool], list] = {}
             for name, param in opt_model.named_parameters():
                 if param.requires_grad:
-                    groups.setdefault((VISION_TOWER in name, name in decay), []).append(param)
+                    groups.setdefault((self.backbone.is_vision_param(name), name in decay), []).append(param)
             param_groups = []
             self.group_kinds = []
             for (vision, decayed), params in sorted(groups.items()):
@@ -225,8 +248,9 @@ def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArgum
     # The base model is checked from its config.json and its processor (which must expand each image
     # into as many tokens as the model makes features), and reported with the other problems.
     base = _flag_value(argv, "--model_name_or_path", DEFAULT_BASE)
+    options = ProcessorOptions(*(_int_flag(argv, f"--{name}") for name in ("min_pixels", "max_pixels")))
     model_problem = check_model(base, "synthesizer", "--model_name_or_path") or check_processor(
-        base, "--model_name_or_path"
+        base, "--model_name_or_path", options
     )
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv + extra)
@@ -244,6 +268,12 @@ def _flag_value(argv: list[str], flag: str, default: str) -> str:
         if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
     return default
+
+
+def _int_flag(argv: list[str], flag: str) -> int:
+    """A flag's integer value, 0 when absent or no integer (the parser then says what is wrong)."""
+    value = _flag_value(argv, flag, "0")
+    return int(value) if value.isdigit() else 0
 
 
 def prepare_data(data_args: DataArguments, training_args: TrainingArguments) -> tuple[str, bool]:
@@ -295,15 +325,16 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
     """Fine-tune and save a synthesizer that vLLM loads; returns the training summary."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    from adamllm.core.prompts import EOS
-    from adamllm.models.model_io import load_processor, load_synthesizer_model, to_vllm_layout
+    from adamllm.models.model_io import backbone_for, load_processor, load_synthesizer_model, to_vllm_layout
     from adamllm.stage1.speed import StepTimer, apply_liger, choose_levers
     from adamllm.stage1.train_data import Collator, SeedDataset
 
     start = time.monotonic()
     out = Path(training_args.output_dir)
     data_path, images_checked = prepare_data(data_args, training_args)
-    processor = load_processor(model_args.model_name_or_path)
+    backbone = backbone_for(model_args.model_name_or_path)
+    options = ProcessorOptions(model_args.min_pixels, model_args.max_pixels)
+    processor = load_processor(model_args.model_name_or_path, options)
     tokenizer = processor.tokenizer
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -315,13 +346,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         training_args.model_max_length,
         out / "train_data.rejects.jsonl",
         images_checked,
+        backbone,
     )
     if not len(dataset):
         raise ValueError(f"no usable training record in {data_path}; see {out / 'train_data.rejects.jsonl'}")
 
     dtype = torch.bfloat16 if training_args.bf16 else torch.float32
     levers = choose_levers(
-        model_args.attn_implementation, training_args.padding_free, training_args.use_liger_kernel, dtype
+        model_args.attn_implementation, training_args.padding_free, training_args.use_liger_kernel, dtype, backbone
     )
     # The Trainer's own Liger hook knows no LLaVA-NeXT (and raises without liger-kernel): ours replaces it.
     training_args.use_liger_kernel = False
@@ -331,15 +363,16 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         apply_liger(model)
     if not model_args.unfreeze_mm_vision_tower:
         for name, param in model.named_parameters():
-            if VISION_TOWER in name:
+            if backbone.is_vision_param(name):
                 param.requires_grad_(False)
 
     trainer = SynthesizerTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=Collator(tokenizer.pad_token_id, padding_free=levers.padding_free),
+        data_collator=Collator(tokenizer.pad_token_id, padding_free=levers.padding_free, backbone=backbone),
         vision_lr=model_args.mm_vision_tower_lr,
+        backbone=backbone,
         step_timer=StepTimer(out) if training_args.step_timing else None,
     )
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
@@ -365,13 +398,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
     }
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(out))
-        # Stop at <|end_of_text|>: the synthesizer writes <|eot_id|> between its turns.
+        # Stop at the family's end-of-text: the synthesizer closes each of its turns with another token.
         generation = (
             transformers.GenerationConfig.from_pretrained(str(out))
             if (out / "generation_config.json").exists()
             else transformers.GenerationConfig()
         )
-        generation.eos_token_id = tokenizer.convert_tokens_to_ids(EOS)
+        generation.eos_token_id = tokenizer.convert_tokens_to_ids(backbone.end_of_text)
         generation.pad_token_id = tokenizer.pad_token_id
         generation.save_pretrained(str(out))
         to_vllm_layout(out)

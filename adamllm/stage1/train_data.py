@@ -1,10 +1,10 @@
 """Stage-1 training data: merged seed records rendered, tokenized and labelled for the synthesizer.
 
-A record renders as the Llama-3 LLaVA conversation of `adamllm.core.prompts.training_text` (the data's
-`<image>` becoming the processor's image token), then EOS. The loss skips the first round and the
-header that opens the second user turn, exactly the tokens of the stage-2 inference prompt, and
-trains every later token: the hints and questions the synthesizer must learn to write, the answers,
-the turn headers between them and the final EOS.
+A record renders as its backbone family's conversation (`Backbone.training_text`: for LLaVA-NeXT the
+Llama-3 LLaVA one, the data's `<image>` becoming the processor's image token), then the family's
+end-of-text. The loss skips the first round and the header that opens the second user turn, exactly
+the tokens of the stage-2 inference prompt, and trains every later token: the hints and questions the
+synthesizer must learn to write, the answers, the turn marks between them and the final end-of-text.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import torch
 
 from adamllm.core.images import check_image, image_size, open_image, resolve_image_path
 from adamllm.core.jsonfiles import iter_json_records
-from adamllm.core.prompts import ASSISTANT, CAPTION_HINT, IMAGE_TAG, USER, Turn, synthesizer_prompt, training_text
+from adamllm.core.prompts import ASSISTANT, CAPTION_HINT, IMAGE_TAG, USER, Turn
 from adamllm.core.records import RecordError, Rejects, check_json_values
 from adamllm.core.tokens import count_tokens, text_char_cap
+from adamllm.models.backbones import BACKBONES, DEFAULT_FAMILY, Backbone
 from adamllm.models.model_io import image_token_count
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,12 @@ class SeedDataset(torch.utils.data.Dataset):
         model_max_length: int,
         rejects_path: Path,
         images_checked: bool = False,
+        backbone: Backbone = BACKBONES[DEFAULT_FAMILY],
     ):
         self.processor = processor
+        self.backbone = backbone
         self.tokenizer = processor.tokenizer
         self.max_length = model_max_length
-        image_token = processor.image_token
         blank = os.path.abspath(blank_image_path) if blank_image_path else ""
         rejects = Rejects(Path(rejects_path))
         self.examples: list[Example] = []
@@ -109,7 +111,7 @@ class SeedDataset(torch.utils.data.Dataset):
                 path = Path(blank) if is_blank else resolve_image_path(image_folder, record["image"])
                 width, height = image_size(path) if images_checked else check_image(path)
                 image_tokens = image_token_count(processor, width, height)
-                prompt = synthesizer_prompt(turns[1].text, image_token)
+                prompt = backbone.prompt(processor, turns[1].text)
                 # Counted with bounded work (adamllm.core.tokens): a huge caption is refused from a prefix.
                 head = count_tokens(self.tokenizer, prompt, model_max_length).n - 1 + image_tokens
                 if head >= model_max_length:
@@ -118,7 +120,7 @@ class SeedDataset(torch.utils.data.Dataset):
                         f"the image and caption ({len(turns[1].text):,} characters) alone exceed --model_max_length "
                         f"{model_max_length}",
                     )
-                text = training_text(turns, image_token)
+                text = backbone.training_text(processor, turns)
                 count = count_tokens(self.tokenizer, text, model_max_length)
                 length = count.n - 1 + image_tokens
                 if not count.whole:
@@ -160,14 +162,15 @@ class SeedDataset(torch.utils.data.Dataset):
         return {
             "input_ids": input_ids[: self.max_length],
             "labels": labels[: self.max_length],
-            "pixel_values": enc["pixel_values"][0],
-            "image_sizes": enc["image_sizes"][0],
+            **{key: enc[key][0][: self.max_length] for key in self.backbone.token_keys},
+            **self.backbone.image_inputs(enc),
         }
 
 
 @dataclass
 class Collator:
-    """Pads text to the longest sequence and images to the most tiles of the batch.
+    """Pads text to the longest sequence; the images go as the backbone family batches them
+    (LLaVA-NeXT: padded to the most tiles of the batch; Qwen-VL: all patches in one tensor).
 
     `padding_free`: the samples' tokens in one row instead, with position ids restarting at each
     sample and no attention mask, from which transformers' attention keeps the samples apart
@@ -177,15 +180,10 @@ class Collator:
 
     pad_token_id: int
     padding_free: bool = False
+    backbone: Backbone = BACKBONES[DEFAULT_FAMILY]
 
     def __call__(self, items: list[dict]) -> dict:
-        tiles = max(x["pixel_values"].shape[0] for x in items)
-        pixel_values = torch.zeros(
-            (len(items), tiles, *items[0]["pixel_values"].shape[1:]), dtype=items[0]["pixel_values"].dtype
-        )
-        for row, x in enumerate(items):
-            pixel_values[row, : x["pixel_values"].shape[0]] = x["pixel_values"]
-        images = {"pixel_values": pixel_values, "image_sizes": torch.stack([x["image_sizes"] for x in items])}
+        images = self.backbone.collate_images(items)
         return {**(self._packed(items) if self.padding_free else self._padded(items)), **images}
 
     def _padded(self, items: list[dict]) -> dict:
@@ -193,12 +191,15 @@ class Collator:
         input_ids = torch.full((len(items), n), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(items), n), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(items), n), dtype=torch.long)
+        tokens = {key: torch.zeros((len(items), n), dtype=torch.long) for key in self.backbone.token_keys}
         for row, x in enumerate(items):
             k = len(x["input_ids"])
             input_ids[row, :k] = x["input_ids"]
             labels[row, :k] = x["labels"]
             attention_mask[row, :k] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+            for key, tensor in tokens.items():
+                tensor[row, :k] = x[key]
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, **tokens}
 
     @staticmethod
     def _packed(items: list[dict]) -> dict:

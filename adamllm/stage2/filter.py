@@ -18,7 +18,7 @@ from pathlib import Path
 
 from adamllm.core import run_folder
 from adamllm.core.jsonfiles import iter_input_records, read_jsonl
-from adamllm.core.parse import collect_triplet, parse_pairs, parse_verdict
+from adamllm.core.parse import collect_triplet, parse_verdict
 from adamllm.core.prompts import check_filter_template, default_filter_template, filter_prompt
 from adamllm.core.records import (
     COLLECTED_QA,
@@ -38,6 +38,7 @@ from adamllm.core.tokens import count_tokens
 from adamllm.engines import EngineArgs, Generation, GenParams, Request, build_engine, check_engine_args
 from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
 from adamllm.executors.resume import stage_fingerprint
+from adamllm.models.backbones import split_pairs
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def collect(record: dict) -> dict:
     except RecordError as e:
         return {**record, COLLECTED_QA: None, CONSISTENCY: None, ERROR: {"reason": e.reason, "detail": e.detail}}
     pred = record.get(PRED)
-    triplet = collect_triplet(parse_pairs(pred)) if isinstance(pred, str) else None
+    triplet = collect_triplet(split_pairs(pred)) if isinstance(pred, str) else None
     out = {**record, COLLECTED_QA: triplet.to_dict() if triplet else None, CONSISTENCY: None}
     if isinstance(pred, str) and triplet is None:
         out[ERROR] = {

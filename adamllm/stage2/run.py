@@ -19,6 +19,7 @@ from adamllm.core.run_folder import FILTERED_FILE, FINAL_FILE, STATS_FILE, TRIPL
 from adamllm.core.stats import read_stats, update_stats
 from adamllm.engines import EngineSettings, check_engine_settings
 from adamllm.executors import ExecutorArgs, check_executor_args
+from adamllm.models.backbones import ProcessorOptions
 from adamllm.models.model_io import check_model, check_processor
 from adamllm.stage2.curate import CurationArgs
 from adamllm.stage2.filter import FilterArgs, check_prompt_file, run_filter
@@ -71,6 +72,8 @@ class RunArgs(EngineSettings, ExecutorArgs, CurationArgs):
     max_new_tokens: int = same_as(SynthesizeArgs, "max_new_tokens")
     limit: int = same_as(SynthesizeArgs, "limit")
     max_batch_pixels: int = same_as(SynthesizeArgs, "max_batch_pixels")
+    min_pixels: int = same_as(SynthesizeArgs, "min_pixels")
+    max_pixels: int = same_as(SynthesizeArgs, "max_pixels")
     mode: str = same_as(FilterArgs, "mode")
     prompt_file: str = same_as(FilterArgs, "prompt_file")
     train_on_syn_only: bool = same_as(FormatArgs, "train_on_syn_only")
@@ -88,7 +91,8 @@ class RunArgs(EngineSettings, ExecutorArgs, CurationArgs):
             if getattr(self, flag):
                 errors.append(problem := check_model(getattr(self, flag), role, f"--{flag}"))
                 if role == "synthesizer" and not problem:  # its processor against its model, named as run's flag
-                    errors.append(check_processor(self.synthesizer, "--synthesizer"))
+                    options = ProcessorOptions(self.min_pixels, self.max_pixels)
+                    errors.append(check_processor(self.synthesizer, "--synthesizer", options))
         if self.data_path and not Path(self.data_path).is_file():
             errors.append(f"--data_path {self.data_path}: no such file")
         if self.image_folder and not Path(self.image_folder).is_dir():
@@ -148,6 +152,8 @@ def _run_stages(args: RunArgs, out: Path) -> dict:
             max_new_tokens=args.max_new_tokens,
             limit=args.limit,
             max_batch_pixels=args.max_batch_pixels,
+            min_pixels=args.min_pixels,
+            max_pixels=args.max_pixels,
             **args.engine_fields(),
         )
         stats["synthesize"] = run_synthesize(synth)

@@ -22,7 +22,6 @@ from adamllm.core import run_folder
 from adamllm.core.files import atomic_write
 from adamllm.core.images import image_size, image_stat, open_image, resolve_image_path
 from adamllm.core.jsonfiles import iter_input_records, json_line, read_jsonl
-from adamllm.core.prompts import EOS, synthesizer_prompt
 from adamllm.core.records import (
     ERROR,
     IMAGE_STAT,
@@ -40,7 +39,8 @@ from adamllm.engines import EngineArgs, Generation, GenParams, Request, build_en
 from adamllm.executors import ExecutorArgs, check_executor_args, run_stage
 from adamllm.executors.resume import stage_fingerprint
 from adamllm.executors.stage import add
-from adamllm.models.model_io import check_processor, image_token_count
+from adamllm.models.backbones import ProcessorOptions
+from adamllm.models.model_io import backbone_for, check_processor, image_token_count
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,29 @@ class SynthesizeArgs(EngineArgs, ExecutorArgs):
         },
     )
 
+    min_pixels: int = field(
+        default=0,
+        metadata={
+            "help": "Qwen-VL synthesizers: fewest pixels an image is resized to (0: the processor's own; 28x28 px "
+            "make one image token)."
+        },
+    )
+    max_pixels: int = field(
+        default=0,
+        metadata={
+            "help": "Qwen-VL synthesizers: most pixels an image is resized to (0: the processor's own, 1,003,520 "
+            "in the published ones): the knob between detail and prompt tokens. Train with the same value."
+        },
+    )
+
     def __post_init__(self):
         errors = check_engine_args(self, "synthesizer") + check_executor_args(self)
+        for name in ("min_pixels", "max_pixels"):
+            if getattr(self, name) < 0:
+                errors.append(f"--{name} {getattr(self, name)}: must be >= 0 (0: the processor's own)")
         # Before any work: a processor that expands images into a count the model does not make
         # would fail every batch of the hf engine, and misjudge which prompts fit on both.
-        if self.model and (problem := check_processor(self.model, "--model")):
+        if self.model and not errors and (problem := check_processor(self.model, "--model", self.processor_options())):
             errors.append(problem)
         for name in ("data_path", "image_folder", "output_dir"):
             if not getattr(self, name):
@@ -106,6 +124,9 @@ class SynthesizeArgs(EngineArgs, ExecutorArgs):
         # images from any working directory.
         self.image_folder = str(Path(self.image_folder).resolve())
 
+    def processor_options(self) -> ProcessorOptions:
+        return ProcessorOptions(self.min_pixels, self.max_pixels)
+
 
 def input_records(args: SynthesizeArgs):
     """(syn_id, record) for the input, up to --limit."""
@@ -124,6 +145,7 @@ class Prompter:
     """Turns an input record into the synthesizer's request, or a RecordError saying why it can't."""
 
     def __init__(self, processor, args: SynthesizeArgs):
+        self.backbone = backbone_for(args.model)
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.args = args
@@ -134,7 +156,7 @@ class Prompter:
         pair = parse_caption_pair(record)
         path = resolve_image_path(self.args.image_folder, pair.image)
         width, height = image_size(path)
-        prompt = synthesizer_prompt(pair.caption, self.processor.image_token)
+        prompt = self.backbone.prompt(self.processor, pair.caption)
         # The prompt's length once the image token expands into the image's patches; a caption far too
         # long for --max_model_len is refused from a bounded prefix, never tokenized whole.
         count = count_tokens(self.tokenizer, prompt, self.args.max_model_len)
@@ -179,16 +201,18 @@ class SynthesizeStage:
         return self._fingerprint
 
     def load(self):
-        engine = build_engine(self.args, multimodal=True)
+        options = self.args.processor_options()
+        engine = build_engine(self.args, multimodal=True, options=options)
         processor = getattr(engine, "processor", None)
         if processor is None:
             from adamllm.models.model_io import load_processor
 
-            processor = load_processor(self.args.model)
+            processor = load_processor(self.args.model, options)
         self.prompter = Prompter(processor, self.args)
-        # Stop at <|end_of_text|> itself, not at the tokenizer's eos_token: chat-tuned bases (llava-hf's
-        # LLaVA-NeXT-8B) declare <|eot_id|> as EOS, which would end the output after its first question.
-        eos = [engine.tokenizer.convert_tokens_to_ids(EOS)]
+        # Stop at the family's end-of-text itself, not at the tokenizer's eos_token: chat-tuned bases
+        # declare their turn end as EOS (<|eot_id|> in llava-hf's LLaVA-NeXT-8B, <|im_end|> in Qwen's
+        # Instruct models), which would end the output after its first question.
+        eos = [engine.tokenizer.convert_tokens_to_ids(self.prompter.backbone.end_of_text)]
         return engine, GenParams(max_tokens=self.args.max_new_tokens, stop_token_ids=eos)
 
     def prepare(self, syn_id: int, record) -> Request:
@@ -239,7 +263,7 @@ def dry_run(args: SynthesizeArgs) -> dict:
     """Write OUT/prompts.jsonl: the exact prompt and image of every usable record."""
     from adamllm.models.model_io import load_processor
 
-    prompter = Prompter(load_processor(args.model), args)
+    prompter = Prompter(load_processor(args.model, args.processor_options()), args)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rejects = Rejects(run_folder.rejects_path(out_dir / run_folder.PROMPTS_FILE))

@@ -1,12 +1,14 @@
 """Tiny models for tests and the demo, built in seconds with no network.
 
-    adamllm make-tiny-models exp/tiny
+    adamllm make-tiny-models exp/tiny [--family llava_next|qwen2_5_vl|qwen3_vl]
 
-Writes `exp/tiny/synthesizer` (a LLaVA-NeXT with a Llama text model and its processor, in the layout
-vLLM loads) and `exp/tiny/checker` (a Llama text model). Both share a Llama-3-style tokenizer trained
-here: byte-level BPE with Llama-3's split pattern, its special tokens in Llama-3's order, and
-`<|reserved_special_token_4|>` as the image token, as in the released synthesizer. Their weights are
-random; what they prove is that the real code paths (transformers, vLLM, DeepSpeed) run end to end.
+Writes `exp/tiny/synthesizer` (a model of the family and its processor, in the layout vLLM loads)
+and `exp/tiny/checker` (a text LLM: Llama for LLaVA-NeXT, Qwen3 for the Qwen-VL families). Both share
+a tokenizer trained here in the family's style: byte-level BPE with its split pattern, its special
+tokens in its order, its chat template in the family's published format. For LLaVA-NeXT that is
+Llama-3's, with `<|reserved_special_token_4|>` as the image token, as in the released synthesizer.
+Their weights are random; what they prove is that the real code paths (transformers, vLLM, DeepSpeed)
+run end to end.
 """
 
 from __future__ import annotations
@@ -14,36 +16,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from adamllm.core import prompts
+from adamllm.models.backbones import DEFAULT_FAMILY, backbone_named
+from adamllm.models.backbones.llava_next import (
+    LLAMA3_SPECIAL_TOKENS,
+    LLAMA3_SPLIT,
+    TINY_GRID_PINPOINTS,
+    TINY_IMAGE_SIZE,
+    TINY_IMAGE_TOKEN,
+    TINY_PATCH_SIZE,
+    TINY_VISION,
+)
 from adamllm.models.model_io import save_synthesizer
 from adamllm.testing import fixtures
 
-# Llama-3's pre-tokenizer split pattern.
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-IMAGE_TOKEN = "<|reserved_special_token_4|>"
-# Llama-3's special tokens in their order (128000...), then a few more reserved ones.
-SPECIAL_TOKENS = [
-    prompts.BOS,
-    prompts.EOS,
-    "<|reserved_special_token_0|>",
-    "<|reserved_special_token_1|>",
-    "<|reserved_special_token_2|>",
-    "<|reserved_special_token_3|>",
-    prompts.START_HEADER,
-    prompts.END_HEADER,
-    IMAGE_TOKEN,
-    prompts.EOT,
-] + [f"<|reserved_special_token_{i}|>" for i in range(5, 12)]
+# The LLaVA-NeXT tiny model's settings, under the names tests and benchmarks use.
+IMAGE_TOKEN, SPECIAL_TOKENS, SPLIT = TINY_IMAGE_TOKEN, list(LLAMA3_SPECIAL_TOKENS), LLAMA3_SPLIT
+IMAGE_SIZE, PATCH_SIZE, GRID_PINPOINTS, VISION = TINY_IMAGE_SIZE, TINY_PATCH_SIZE, TINY_GRID_PINPOINTS, TINY_VISION
 VOCAB_SIZE = 3000
 
 # Small enough to run in seconds on a CPU; head size 32 because vLLM's CPU attention needs >= 32.
+# The same text model in every family, so that their costs compare.
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4)
-VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, projection_dim=64)
-IMAGE_SIZE, PATCH_SIZE = 56, 14
-GRID_PINPOINTS = [[56, 112], [112, 56], [112, 112]]
 MAX_POSITIONS = 4096
+# Wider than the usual 0.02: random logits then differ enough that greedy choices do not hinge on
+# rounding, so two engines pick the same tokens.
+INIT_RANGE = 0.2
 
 
 def _corpus() -> list[str]:
@@ -53,6 +50,7 @@ def _corpus() -> list[str]:
     rng = random.Random(0)
     lines = [
         prompts.SYSTEM,
+        "You are a helpful assistant.",
         prompts.CAPTION_HINT,
         prompts.PRECISE_HINT,
         prompts.INFORMATIVE_HINT,
@@ -67,15 +65,16 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer():
-    """A Llama-3-style fast tokenizer (adds BOS in front, as Llama-3's does)."""
+def build_tokenizer(family: str = DEFAULT_FAMILY):
+    """A fast tokenizer in the family's style (Llama-3's adds BOS in front; Qwen's adds none)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    spec = backbone_named(family).tiny_tokenizer
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.Split(Regex(spec.split_pattern), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -84,36 +83,25 @@ def build_tokenizer():
         vocab_size=VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     tok.train_from_iterator(_corpus(), trainer)
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    bos_id = tok.token_to_id(prompts.BOS)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{prompts.BOS} $A", pair=f"{prompts.BOS} $A {prompts.BOS} $B", special_tokens=[(prompts.BOS, bos_id)]
-    )
+    tok.add_special_tokens(list(spec.special_tokens))
+    if spec.bos is not None:
+        bos_id = tok.token_to_id(spec.bos)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{spec.bos} $A", pair=f"{spec.bos} $A {spec.bos} $B", special_tokens=[(spec.bos, bos_id)]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token=prompts.BOS,
-        eos_token=prompts.EOS,
-        pad_token=prompts.EOS,
+        bos_token=spec.bos,
+        eos_token=spec.eos,
+        pad_token=spec.pad,
         model_max_length=MAX_POSITIONS,
+        **({"chat_template": spec.chat_template} if spec.chat_template else {}),
     )
 
 
-def _text_config(tokenizer, seed_vocab: int):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=seed_vocab,
-        max_position_embeddings=MAX_POSITIONS,
-        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        # Wider than the usual 0.02: random logits then differ enough that greedy choices do not hinge
-        # on rounding, so two engines pick the same tokens.
-        initializer_range=0.2,
-        **TEXT,
-    )
+def text_settings() -> dict:
+    """The tiny text model's settings, as every family's text config takes them."""
+    return dict(max_position_embeddings=MAX_POSITIONS, initializer_range=INIT_RANGE, **TEXT)
 
 
 def _quiet_embeddings(model) -> None:
@@ -126,49 +114,32 @@ def _quiet_embeddings(model) -> None:
         model.get_input_embeddings().weight.mul_(0.1)
 
 
-def build_synthesizer(tokenizer, seed: int = 0):
-    """A random tiny LLaVA-NeXT and its processor."""
-    import torch
-    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
-    from transformers.models.llava_next import LlavaNextImageProcessor
-
-    image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        image_grid_pinpoints=GRID_PINPOINTS,
-    )
-    processor = LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" strategy
-        image_token=IMAGE_TOKEN,
-    )
-    config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, **VISION),
-        text_config=_text_config(tokenizer, len(tokenizer)),
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_grid_pinpoints=GRID_PINPOINTS,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
-    )
-    torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(config).eval()
+def build_synthesizer(tokenizer, seed: int = 0, family: str = DEFAULT_FAMILY):
+    """A random tiny synthesizer of the family, and its processor."""
+    model, processor = backbone_named(family).build_tiny(tokenizer, text_settings(), seed)
     _quiet_embeddings(model)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, processor
 
 
-def build_checker(tokenizer, seed: int = 1):
-    """A random tiny Llama text model."""
+def build_checker(tokenizer, seed: int = 1, family: str = DEFAULT_FAMILY):
+    """A random tiny text model: Llama beside LLaVA-NeXT, Qwen3 beside the Qwen-VL families."""
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(_text_config(tokenizer, len(tokenizer))).eval()
+    if family == "llava_next":
+        rope = {"rope_type": "default", "rope_theta": 500000.0}
+        model = LlamaForCausalLM(LlamaConfig(rope_parameters=rope, **ids, **common, **text_settings()))
+    else:
+        rope = {"rope_type": "default", "rope_theta": 1e6}
+        head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
+        config = Qwen3Config(rope_parameters=rope, head_dim=head_dim, **ids, **common, **text_settings())
+        model = Qwen3ForCausalLM(config)
+    model.eval()
     _quiet_embeddings(model)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -217,16 +188,18 @@ def teach_verdicts(checker, tokenizer, steps: int, seed: int = 0) -> list[float]
     return losses
 
 
-def make_tiny_models(out_dir: str | Path, seed: int = 0, teach_checker_steps: int = 0) -> dict[str, Path]:
-    """Build and save both tiny models; returns their folders.
+def make_tiny_models(
+    out_dir: str | Path, seed: int = 0, teach_checker_steps: int = 0, family: str = DEFAULT_FAMILY
+) -> dict[str, Path]:
+    """Build and save both tiny models of a family; returns their folders.
 
     `teach_checker_steps` > 0 teaches the checker to answer Yes / No (see `teach_verdicts`).
     """
     out = Path(out_dir)
-    tokenizer = build_tokenizer()
-    model, processor = build_synthesizer(tokenizer, seed)
+    tokenizer = build_tokenizer(family)
+    model, processor = build_synthesizer(tokenizer, seed, family)
     save_synthesizer(model, processor, out / "synthesizer")
-    checker = build_checker(tokenizer, seed + 1)
+    checker = build_checker(tokenizer, seed + 1, family)
     if teach_checker_steps:
         teach_verdicts(checker, tokenizer, teach_checker_steps, seed)
     checker.save_pretrained(out / "checker")

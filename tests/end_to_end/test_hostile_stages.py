@@ -168,7 +168,11 @@ def test_tune_synthesizer_checks_its_inputs_before_torchrun(tiny_models, tmp_pat
             seed["informative"],
             f"no folder {tmp_path}/no-base and no hub id",
         ),
-        "a checker as base": ({"BASE_MODEL": str(tiny_models["checker"])}, seed["informative"], "not a LLaVA-NeXT"),
+        "a checker as base": (
+            {"BASE_MODEL": str(tiny_models["checker"])},
+            seed["informative"],
+            "not a synthesizer family this toolkit knows",
+        ),
         "missing seed file": (
             {"BASE_MODEL": str(tiny_models["synthesizer"])},
             tmp_path / "nope.json",

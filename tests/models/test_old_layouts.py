@@ -87,7 +87,8 @@ def test_processor_expands_each_image_into_the_features_the_model_makes(tiny_mod
     import torch
     from transformers import AutoConfig
 
-    from adamllm.models.model_io import image_feature_count, image_token_count, load_processor, load_synthesizer_model
+    from adamllm.models.backbones.llava_next import image_feature_count
+    from adamllm.models.model_io import image_token_count, load_processor, load_synthesizer_model
 
     reference = load_processor(str(tiny_models["synthesizer"]))
     processor = load_processor(str(old[layout]))

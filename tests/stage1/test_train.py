@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import caption_pairs_of, trained_pairs
 from conftest import read_json, read_jsonl
 
 from adamllm.core import prompts
@@ -383,17 +384,7 @@ def test_stage1_feeds_stage2_a_trained_synthesizer_writes_parsable_triplets(tiny
     # then follows the training text, whatever the rounding of the engine.
     assert losses[-1] < 0.01, losses
     records = read_json(tmp_path / "syn" / "seed_train.json")
-    pairs = [
-        {
-            "images": [r["image"]],
-            "messages": [
-                {"role": "user", "content": "<image>\nDescribe the image."},
-                {"role": "assistant", "content": r["conversations"][1]["value"]},
-            ],
-        }
-        for r in records
-    ]
-    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    caption_pairs_of(records, tmp_path / "pairs.json")
     run_synthesize(
         SynthesizeArgs(
             model=str(tmp_path / "syn"),
@@ -404,9 +395,7 @@ def test_stage1_feeds_stage2_a_trained_synthesizer_writes_parsable_triplets(tiny
     )
     preds = [r["pred"] for r in read_jsonl(tmp_path / "out" / "syn_task_triplets.jsonl")]
     written = [parse_pairs(p) for p in preds]
-    trained = [
-        list(zip(turns[::2], turns[1::2])) for turns in ([t["value"] for t in r["conversations"][2:]] for r in records)
-    ]
+    trained = trained_pairs(records)
     counts = {
         "records": len(records),
         "parsable": sum(len(w) >= 2 for w in written),
