@@ -50,8 +50,7 @@ def add_parser(sub) -> None:
         "--image-folder",
         default="",
         help="The image folder (default: the one format ran with, else synthesis, from OUTPUT_DIR/stats.json). Images "
-        "are read "
-        "only from inside it, with the stages' path checks, and each must decode whole.",
+        "are read only from inside it, with the stages' path checks, and each must decode whole.",
     )
     parser.add_argument(
         "--push_to_hub",

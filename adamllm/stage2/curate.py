@@ -41,14 +41,11 @@ class CurationArgs:
             "help": (
                 "Beyond the paper: remove duplicate synthetic questions. none: keep every kept triplet (the paper); "
                 "exact: questions equal once case, whitespace and punctuation are ignored; near: near-duplicates, "
-                "found by "
-                f"MinHash LSH (datasketch, {NUM_PERM} permutations) over the questions' word shingles and confirmed by "
-                f"the "
-                "Jaccard similarity of the shingle sets (>= --near_threshold). Each group of duplicates keeps "
-                "--max_per_question "
-                "tasks, a seeded choice (--seed, by syn_id: reruns and shardings agree); the others lose their "
-                "synthetic task "
-                "(the caption task stays), counted as duplicate_question and listed in OUTPUT's .curation.jsonl. "
+                f"found by MinHash LSH (datasketch, {NUM_PERM} permutations) over the questions' word shingles and "
+                "confirmed by the Jaccard similarity of the shingle sets (>= --near_threshold). Each group of "
+                "duplicates keeps --max_per_question tasks, a seeded choice (--seed, by syn_id: reruns and shardings "
+                "agree); the others lose their synthetic task (the caption task stays), counted as duplicate_question "
+                "and listed in OUTPUT's .curation.jsonl. "
                 "Takes a first pass over the input; memory grows with the questions kept, not the input."
             ),
             "choices": list(DEDUP_MODES),
@@ -66,10 +63,8 @@ class CurationArgs:
         metadata={
             "help": (
                 "With --dedup near: the Jaccard similarity of two questions' word shingles at or above which they are "
-                "near-duplicates, "
-                "0 < T <= 1 (at 0.8 and --near_ngram 1, 'what is the main subject of this image' and 'what is the main "
-                "subject "
-                "of the image' are: 7 of 8 words shared)."
+                "near-duplicates, 0 < T <= 1 (at 0.8 and --near_ngram 1, 'what is the main subject of this image' and "
+                "'what is the main subject of the image' are: 7 of 8 words shared)."
             )
         },
     )
@@ -85,15 +80,11 @@ class CurationArgs:
         metadata={
             "help": (
                 "Beyond the paper: keep a synthetic task only when the checker's probability of Yes is at least this, "
-                "that is the "
-                "softmax over the Yes / No / Open log-probabilities `adamllm filter --mode logprob` records (a word "
-                "not among the "
-                "checker's top-20 first tokens counts as 0). 0 turns it off. A yes verdict already has the largest of "
-                "the "
-                "three, so a value <= 1/3 removes nothing. The input must come from --mode logprob. Tasks removed are "
-                "counted as "
-                "low_yes_prob (no_yes_prob for a record whose log-probabilities are missing) and listed in OUTPUT's "
-                ".curation.jsonl."
+                "that is the softmax over the Yes / No / Open log-probabilities `adamllm filter --mode logprob` "
+                "records (a word not among the checker's top-20 first tokens counts as 0). 0 turns it off. A yes "
+                "verdict already has the largest of the three, so a value <= 1/3 removes nothing. The input must come "
+                "from --mode logprob. Tasks removed are counted as low_yes_prob (no_yes_prob for a record whose "
+                "log-probabilities are missing) and listed in OUTPUT's .curation.jsonl."
             )
         },
     )

@@ -170,8 +170,7 @@ class Prompter:
             raise RecordError(
                 "prompt_too_long",
                 f"{over}{text_tokens + image_tokens} prompt tokens ({image_tokens} for the image{caption}) leave no "
-                f"room under "
-                f"--max_model_len {self.args.max_model_len}; shorten the caption or raise --max_model_len",
+                f"room under --max_model_len {self.args.max_model_len}; shorten the caption or raise --max_model_len",
             )
         request = Request(
             prompt=prompt, max_tokens=min(room, self.args.max_new_tokens), image_path=path, pixels=width * height
