@@ -3,13 +3,14 @@
 #                (BACKBONE=qwen2_5_vl or qwen3_vl: the same on that family; default llava_next)
 #   make test    set up the CPU environment, lint (ruff), then run the whole test suite
 #   make bench   speed and memory benchmarks (run by hand; prints a table)
+#   make llamafactory-check   LLaMA-Factory post-trains a tiny Qwen2.5-VL on the demo's output (by hand)
 VENV ?= .venv
 BACKBONE ?= llava_next
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup browser lint test demo bench clean
+.PHONY: setup browser lint test demo bench llamafactory-check clean
 
 setup:
 	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/setup_cpu_env.sh
@@ -35,5 +36,8 @@ bench: setup
 	@if ls bench/*.py >/dev/null 2>&1; then for b in bench/*.py; do $(PY) $$b || exit 1; done; \
 	else echo "no benchmarks in bench/"; fi
 
+llamafactory-check: setup
+	VENV=$(VENV) bash scripts/llamafactory_check.sh
+
 clean:
-	rm -rf exp/demo exp/tiny .pytest_cache
+	rm -rf exp/demo exp/tiny exp/llamafactory-check .pytest_cache

@@ -1,5 +1,5 @@
 """Stage 1 on the Qwen-VL families, with the same recipe as LLaVA-NeXT: exact label masks, the vision
-encoder at its own learning rate under DeepSpeed ZeRO-3 on 2 processes, the saved folder loading in
+encoder at its own learning rate under DeepSpeed ZeRO-2 and ZeRO-3 on 2 processes, the saved folder loading in
 vLLM, and the stage-1 -> stage-2 round trip (a synthesizer trained on a few records writes them back)."""
 
 import json
@@ -99,8 +99,8 @@ def test_labels_mask_the_inference_prompt_and_train_through_the_end_of_text(qwen
     assert loss.isfinite() and loss > 0
 
 
-@pytest.mark.parametrize("family,port", [("qwen2_5_vl", 29631), ("qwen3_vl", 29632)])
-def test_tune_synthesizer_zero3_two_processes_then_vllm_serves_it(qwen_models, seed, family, port, tmp_path):
+@pytest.mark.parametrize("family,zero,port", [("qwen2_5_vl", "zero2.json", 29631), ("qwen3_vl", "zero3.json", 29632)])
+def test_tune_synthesizer_deepspeed_two_processes_then_vllm_serves_it(qwen_models, seed, family, zero, port, tmp_path):
     save = tmp_path / "synthesizer"
     env = dict(
         os.environ,
@@ -110,6 +110,7 @@ def test_tune_synthesizer_zero3_two_processes_then_vllm_serves_it(qwen_models, s
         BATCH_SIZE="2",
         GLOBAL_BATCH="8",
         MASTER_PORT=str(port),
+        ZERO=str(ROOT / "scripts" / zero),
     )
     env.pop("CUDA_VISIBLE_DEVICES", None)
     result = subprocess.run(
