@@ -107,7 +107,7 @@ def throughput_rows(args, models: dict[str, Path]) -> list[dict]:
     out = []
     for label, family, bounds in rows:
         flags = [] if bounds is None else ["--min_pixels", str(bounds[0]), "--max_pixels", str(bounds[1])]
-        run = argparse.Namespace(batch_size=args.pairs, max_new_tokens=args.max_new_tokens, max_model_len=8192)
+        run = argparse.Namespace(batch_size=args.pairs, max_new_tokens=args.max_new_tokens, max_model_len=4096)
         stats = b2.synthesize_row(run, str(models[family]), pairs, args.work / f"run_{len(out)}", "vllm", flags)
         if stats["rc"] != 0:
             out.append({"backbone": label, "failed": stats["log"]})
