@@ -96,8 +96,8 @@ def test_vllm_takes_the_throughput_flags_and_writes_the_same_preds(tiny_models, 
     seen = {}
     real = vllm_engine.VllmEngine.__init__
 
-    def spy(self, args, multimodal):
-        real(self, args, multimodal)
+    def spy(self, args, multimodal, **kwargs):
+        real(self, args, multimodal, **kwargs)
         config = self.llm.llm_engine.vllm_config
         seen.update(
             max_num_seqs=config.scheduler_config.max_num_seqs,
