@@ -57,3 +57,11 @@ def tiny_models(tmp_path_factory):
     from adamllm.testing.tiny import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def qwen_models(tmp_path_factory):
+    """A tiny synthesizer and checker of each Qwen-VL family, built once per test session."""
+    from adamllm.testing.tiny import make_tiny_models
+
+    return {f: make_tiny_models(tmp_path_factory.mktemp(f), family=f) for f in ("qwen2_5_vl", "qwen3_vl")}

@@ -118,7 +118,6 @@ def choose_levers(
         _fall_back(
             levers, f"--use_liger_kernel is off, training goes on without it: not patched for {backbone.title} here"
         )
-        use_liger_kernel = False
     if attn_implementation == "flash_attention_2":
         why = flash_attention_unavailable(dtype)
         if why:
@@ -133,7 +132,7 @@ def choose_levers(
                 f"use one of {', '.join(PACKING_ATTENTION)}"
             ),
         )
-    if use_liger_kernel:
+    if levers.liger:
         why = liger_unavailable()
         if why:
             levers.liger = False

@@ -24,13 +24,6 @@ QWEN = ("qwen2_5_vl", "qwen3_vl")
 
 
 @pytest.fixture(scope="module")
-def qwen_models(tmp_path_factory):
-    from adamllm.testing.tiny import make_tiny_models
-
-    return {f: make_tiny_models(tmp_path_factory.mktemp(f), family=f) for f in QWEN}
-
-
-@pytest.fixture(scope="module")
 def seed(tmp_path_factory):
     return make_seed_fixtures(tmp_path_factory.mktemp("seed"), num_images=12, seed=3)
 

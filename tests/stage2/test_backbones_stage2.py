@@ -19,13 +19,6 @@ QWEN = ("qwen2_5_vl", "qwen3_vl")
 
 
 @pytest.fixture(scope="module")
-def qwen_models(tmp_path_factory):
-    from adamllm.testing.tiny import make_tiny_models
-
-    return {f: make_tiny_models(tmp_path_factory.mktemp(f), family=f) for f in QWEN}
-
-
-@pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     return make_caption_pairs(tmp_path_factory.mktemp("pairs"), 6, seed=7)
 

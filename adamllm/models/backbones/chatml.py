@@ -59,7 +59,7 @@ def messages(turns: list[Turn]) -> list[dict]:
         text = turn.text
         if IMAGE_TAG in text:
             content.append({"type": "image"})
-            text = text.replace(IMAGE_TAG + "\n", "", 1).replace(IMAGE_TAG, "", 1)
+            text = text.replace(IMAGE_TAG + "\n" if IMAGE_TAG + "\n" in text else IMAGE_TAG, "", 1)
         content.append({"type": "text", "text": text})
         out.append({"role": turn.role, "content": content})
     return out
